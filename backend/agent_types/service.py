@@ -1,0 +1,180 @@
+"""Agent types: templates superusers curate, soft-deleted so agents keep their history.
+
+Delete versus spawn, race-free: delete locks the type row FOR UPDATE, then looks for
+live agents; spawn reads the type FOR SHARE and inserts its agent while holding that
+lock. Whichever comes second waits for the first to commit and then sees its effect
+(READ COMMITTED re-reads the row, and the next statement sees the new agent), so a
+deleted type never gets a live agent and a type with a live agent is never deleted.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import exists, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.agent_types.models import AgentType, ProviderName
+from backend.agent_types.schemas import AgentTypeCreate, AgentTypeUpdate, FakeConfig
+from backend.agents.models import Agent, AgentStatus
+from backend.audit import service as audit
+from backend.auth.dependencies import Principal
+from backend.core.db import utcnow
+from backend.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from backend.core.schemas import PageParams
+
+_LIVE = AgentType.deleted_at.is_(None)
+
+
+def check_config(provider: str, config: dict[str, Any]) -> None:
+    """Validate the provider-specific `config` (only `fake` has a known schema)."""
+    if provider != ProviderName.fake:
+        return
+    try:
+        FakeConfig.model_validate(config)
+    except ValidationError as exc:
+        details = [
+            {
+                "field": ".".join(["config", *(str(p) for p in e["loc"])]),
+                "message": e["msg"],
+                "type": e["type"],
+            }
+            for e in exc.errors()
+        ]
+        first = details[0]
+        raise ValidationFailed(
+            f"{first['field']}: {first['message']}", field=first["field"], details=details
+        ) from None
+
+
+def _values(data: AgentTypeCreate | AgentTypeUpdate, fields: set[str]) -> dict[str, Any]:
+    values = {f: getattr(data, f) for f in fields if f != "pricing"}
+    if "pricing" in fields:
+        # Stored as decimal strings: exact, and what usage.pricing reads.
+        values["pricing"] = (
+            data.pricing.model_dump(mode="json", exclude_none=True) if data.pricing else None
+        )
+    return values
+
+
+async def _flush_unique(session: AsyncSession, slug: str) -> None:
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError:
+        raise Conflict(f"An agent type with slug '{slug}' already exists", field="slug") from None
+
+
+async def create(session: AsyncSession, principal: Principal, data: AgentTypeCreate) -> AgentType:
+    check_config(data.provider, data.config)
+    agent_type = AgentType(**_values(data, set(AgentTypeCreate.model_fields)))
+    session.add(agent_type)
+    await _flush_unique(session, data.slug)
+    audit.record(
+        session,
+        principal,
+        "agent_type.create",
+        target_type="agent_type",
+        target_id=agent_type.id,
+        details={"slug": data.slug},
+    )
+    return agent_type
+
+
+async def list_types(
+    session: AsyncSession, principal: Principal, paging: PageParams, *, include_inactive: bool
+) -> tuple[list[AgentType], int]:
+    if include_inactive and not principal.user.is_superuser:
+        raise Forbidden("Only superusers can list inactive agent types")
+    where = [_LIVE] if include_inactive else [_LIVE, AgentType.is_active]
+    total = await session.scalar(select(func.count()).select_from(AgentType).where(*where)) or 0
+    if total <= paging.offset:
+        return [], total
+    rows = await session.scalars(
+        select(AgentType)
+        .where(*where)
+        .order_by(AgentType.created_at.desc(), AgentType.id.desc())
+        .offset(paging.offset)
+        .limit(paging.limit)
+    )
+    return list(rows), total
+
+
+async def get(session: AsyncSession, principal: Principal, type_id: uuid.UUID) -> AgentType:
+    agent_type = await session.scalar(select(AgentType).where(AgentType.id == type_id, _LIVE))
+    # Inactive types are the superusers' business: hidden from everyone else.
+    if agent_type is None or not (agent_type.is_active or principal.user.is_superuser):
+        raise NotFound(f"Agent type {type_id} not found")
+    return agent_type
+
+
+async def _locked(session: AsyncSession, type_id: uuid.UUID) -> AgentType:
+    agent_type = await session.scalar(
+        select(AgentType).where(AgentType.id == type_id, _LIVE).with_for_update()
+    )
+    if agent_type is None:
+        raise NotFound(f"Agent type {type_id} not found")
+    return agent_type
+
+
+async def update(
+    session: AsyncSession, principal: Principal, type_id: uuid.UUID, data: AgentTypeUpdate
+) -> AgentType:
+    agent_type = await _locked(session, type_id)
+    fields = data.model_fields_set
+    if fields & {"provider", "config"}:
+        check_config(data.provider or agent_type.provider, _pick(data.config, agent_type.config))
+    for name, value in _values(data, fields).items():
+        setattr(agent_type, name, value)
+    agent_type.updated_at = utcnow()
+    await _flush_unique(session, agent_type.slug)
+    audit.record(
+        session,
+        principal,
+        "agent_type.update",
+        target_type="agent_type",
+        target_id=agent_type.id,
+        details={"fields": sorted(fields)},
+    )
+    return agent_type
+
+
+def _pick(new: Any, old: Any) -> Any:
+    return old if new is None else new
+
+
+async def delete(session: AsyncSession, principal: Principal, type_id: uuid.UUID) -> None:
+    agent_type = await _locked(session, type_id)
+    in_use = await session.scalar(
+        select(
+            exists().where(Agent.agent_type_id == type_id, Agent.status != AgentStatus.terminated)
+        )
+    )
+    if in_use:
+        raise Conflict(
+            "Agent type is used by agents that are not terminated; deactivate it instead"
+        )
+    agent_type.deleted_at = utcnow()
+    audit.record(
+        session,
+        principal,
+        "agent_type.delete",
+        target_type="agent_type",
+        target_id=agent_type.id,
+        details={"slug": agent_type.slug},
+    )
+
+
+async def lock_for_spawn(session: AsyncSession, type_id: uuid.UUID) -> AgentType:
+    """The type a new agent will use, share-locked until commit (see the module docstring)."""
+    agent_type = await session.scalar(
+        select(AgentType).where(AgentType.id == type_id, _LIVE).with_for_update(read=True)
+    )
+    if agent_type is None:
+        raise NotFound(f"Agent type {type_id} not found")
+    if not agent_type.is_active:
+        raise ValidationFailed(f"Agent type '{agent_type.slug}' is inactive", field="agent_type_id")
+    return agent_type

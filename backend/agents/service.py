@@ -1,0 +1,330 @@
+"""Agent instances: spawn, read, update, and lifecycle actions (through state.transition).
+
+Reads are one statement: the agent joined to its type, with its pending runs counted
+by a correlated subquery on the partial index of unfinished runs. The project's name
+and slug come from the already authorized ProjectContext, so no join is needed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import bindparam, func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.agent_types import service as agent_types_service
+from backend.agent_types.models import AgentType
+from backend.agents import state
+from backend.agents.models import Agent, AgentEvent, AgentStatus
+from backend.agents.schemas import AgentCreate, AgentUpdate
+from backend.audit import service as audit
+from backend.core.db import utcnow
+from backend.core.errors import Conflict, NotFound, ValidationFailed
+from backend.core.schemas import PageParams
+from backend.projects.dependencies import ProjectContext
+from backend.runs import service as runs_service
+from backend.runs.models import Run
+
+agents, types, runs = Agent.__table__, AgentType.__table__, Run.__table__
+# Literal statuses (not bind parameters) so the planner can use ix_runs_unfinished.
+_UNFINISHED = text("runs.status IN ('queued', 'running')")
+_PENDING = (
+    select(func.count())
+    .select_from(runs)
+    .where(runs.c.agent_id == agents.c.id, _UNFINISHED)
+    .correlate(agents)
+    .scalar_subquery()
+)
+_ROWS = select(
+    *agents.c,
+    types.c.name.label("agent_type_name"),
+    types.c.slug.label("agent_type_slug"),
+    _PENDING.label("pending_runs"),
+).select_from(agents.join(types, types.c.id == agents.c.agent_type_id))
+# Built once (building the expression per request costs more than running it).
+_ONE = _ROWS.where(agents.c.id == bindparam("agent_id"), agents.c.project_id == bindparam("pid"))
+_ACTIVE = (AgentStatus.working.value, AgentStatus.waiting.value)
+_TERMINATED = AgentStatus.terminated.value
+
+
+def _out(row: Any, ctx: ProjectContext) -> dict[str, Any]:
+    out = dict(row)
+    out["project_name"], out["project_slug"] = ctx.project.name, ctx.project.slug
+    return out
+
+
+def _actor(ctx: ProjectContext) -> dict[str, Any]:
+    key = ctx.principal.api_key
+    return {"actor_user_id": ctx.principal.user.id, "actor_api_key_id": key.id if key else None}
+
+
+def _audit(
+    session: AsyncSession, ctx: ProjectContext, action: str, agent_id: uuid.UUID, **details: Any
+) -> None:
+    audit.record(
+        session,
+        ctx.principal,
+        action,
+        project_id=ctx.project.id,
+        target_type="agent",
+        target_id=agent_id,
+        details=details or None,
+    )
+
+
+async def get(session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID) -> dict[str, Any]:
+    params = {"agent_id": agent_id, "pid": ctx.project.id}
+    row = (await session.execute(_ONE, params)).mappings().first()
+    if row is None:
+        raise NotFound(f"Agent {agent_id} not found")
+    return _out(row, ctx)
+
+
+async def list_agents(
+    session: AsyncSession,
+    ctx: ProjectContext,
+    paging: PageParams,
+    *,
+    status: AgentStatus | None = None,
+    agent_type_id: uuid.UUID | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    """Two statements whatever the page size: the count, then the page with its joins."""
+    where = [agents.c.project_id == ctx.project.id]
+    if status is not None:
+        where.append(agents.c.status == status.value)
+    if agent_type_id is not None:
+        where.append(agents.c.agent_type_id == agent_type_id)
+    total = await session.scalar(select(func.count()).select_from(agents).where(*where)) or 0
+    if total <= paging.offset:
+        return [], total
+    stmt = (
+        _ROWS.where(*where)
+        .order_by(agents.c.created_at.desc(), agents.c.id.desc())
+        .offset(paging.offset)
+        .limit(paging.limit)
+    )
+    result = await session.execute(stmt)
+    # Plain tuples zipped with the keys once: no RowMapping, no ORM attribute read per row.
+    keys = [*result.keys(), "project_name", "project_slug"]
+    project = (ctx.project.name, ctx.project.slug)
+    return [dict(zip(keys, (*row, *project), strict=True)) for row in result], total
+
+
+async def spawn(session: AsyncSession, ctx: ProjectContext, data: AgentCreate) -> dict[str, Any]:
+    if data.project_id is not None and data.project_id != ctx.project.id:
+        raise ValidationFailed("project_id must match the project in the path", field="project_id")
+    # Share-locked until commit: a concurrent delete or deactivation of the type waits for us.
+    agent_type = await agent_types_service.lock_for_spawn(session, data.agent_type_id)
+    agent = Agent(
+        project_id=ctx.project.id,
+        agent_type_id=agent_type.id,
+        name=data.name,  # status: the column default (idle); only state.py changes it later
+        current_task=data.current_task,
+        short_term_memory=data.short_term_memory,
+    )
+    session.add(agent)
+    await session.flush()
+    _audit(session, ctx, "agent.spawn", agent.id, agent_type_id=str(agent_type.id))
+    out = {c.key: getattr(agent, c.key) for c in agents.c}
+    out |= {
+        "agent_type_name": agent_type.name,
+        "agent_type_slug": agent_type.slug,
+        "pending_runs": 0,
+    }
+    return _out(out, ctx)
+
+
+def _terminal_values() -> dict[str, Any]:
+    return {"terminated_at": utcnow(), "session_id": None, "current_task": None}
+
+
+async def _move(
+    session: AsyncSession,
+    ctx: ProjectContext,
+    agent_id: uuid.UUID,
+    to: AgentStatus,
+    *,
+    reason: str,
+    only_from: set[AgentStatus] | None = None,
+    **values: Any,
+) -> Agent:
+    if to == AgentStatus.terminated:
+        values |= _terminal_values()
+    agent = await state.transition(
+        session,
+        agent_id,
+        to,
+        project_id=ctx.project.id,
+        only_from=only_from,
+        reason=reason,
+        **_actor(ctx),
+        **values,
+    )
+    # Runs hooks: back to idle starts the agent's oldest queued run (after commit);
+    # terminate cancels its queued and running runs in this transaction.
+    if to == AgentStatus.idle:
+        await runs_service.on_agent_resumed(session, agent_id)
+    elif to == AgentStatus.terminated:
+        await runs_service.cancel_agent_runs(session, agent_id, "agent terminated")
+    return agent
+
+
+async def update(
+    session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID, data: AgentUpdate
+) -> dict[str, Any]:
+    """Other fields are written by the same statement as the status change, if any."""
+    fields = data.model_dump(include=data.model_fields_set - {"status"})
+    if data.status is not None:
+        await _move(session, ctx, agent_id, data.status, reason="update", **fields)
+    elif fields:
+        await _update_fields(session, ctx, agent_id, fields)
+    else:
+        return await get(session, ctx, agent_id)
+    _audit(
+        session,
+        ctx,
+        "agent.update",
+        agent_id,
+        fields=sorted(data.model_fields_set),
+        **({"status": data.status.value} if data.status else {}),
+    )
+    return await get(session, ctx, agent_id)
+
+
+async def _update_fields(
+    session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID, fields: dict[str, Any]
+) -> None:
+    # Guarded like a transition: a terminated agent is read-only (no read-then-write).
+    changed = await session.scalar(
+        agents.update()
+        .where(
+            agents.c.id == agent_id,
+            agents.c.project_id == ctx.project.id,
+            agents.c.status != _TERMINATED,
+        )
+        .values(**fields, updated_at=utcnow())
+        .returning(agents.c.id)
+    )
+    if changed is None:
+        await get(session, ctx, agent_id)  # 404 when it is not there
+        raise Conflict(f"Agent {agent_id} is terminated and cannot be changed", field="status")
+
+
+async def pause(session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID) -> dict[str, Any]:
+    await _move(session, ctx, agent_id, AgentStatus.paused, reason="pause")
+    _audit(session, ctx, "agent.pause", agent_id)
+    return await get(session, ctx, agent_id)
+
+
+async def resume(session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID) -> dict[str, Any]:
+    # Only a paused agent resumes: idle is also reachable from working/waiting, but that
+    # is the worker's move (PATCH status=idle), not a resume.
+    await _move(
+        session, ctx, agent_id, AgentStatus.idle, reason="resume", only_from={AgentStatus.paused}
+    )
+    _audit(session, ctx, "agent.resume", agent_id)
+    return await get(session, ctx, agent_id)
+
+
+async def terminate(
+    session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID, *, reason: str | None = None
+) -> Agent:
+    """Terminate an agent: terminated_at set, session and current task cleared."""
+    agent = await _move(
+        session, ctx, agent_id, AgentStatus.terminated, reason=reason or "terminate"
+    )
+    _audit(session, ctx, "agent.terminate", agent.id)
+    return agent
+
+
+async def terminate_all(session: AsyncSession, ctx: ProjectContext, *, reason: str) -> None:
+    """Terminate every live agent of the project in one statement (project deletion)."""
+    ids = await state.transition_all(
+        session,
+        AgentStatus.terminated,
+        project_id=ctx.project.id,
+        reason=reason,
+        **_actor(ctx),
+        **_terminal_values(),
+    )
+    # Runs hook: these agents' queued and running runs are cancelled in this transaction.
+    await runs_service.cancel_project_runs(session, ctx.project.id, reason)
+    for agent_id in ids:
+        _audit(session, ctx, "agent.terminate", agent_id, reason=reason)
+
+
+async def project_metrics(session: AsyncSession, ctx: ProjectContext) -> dict[str, Any]:
+    """Totals over every agent of the project, terminated ones included."""
+    row = (
+        (
+            await session.execute(
+                select(
+                    func.count().label("total_instances"),
+                    func.count().filter(agents.c.status.in_(_ACTIVE)).label("active_instances"),
+                    func.count()
+                    .filter(agents.c.status == AgentStatus.idle.value)
+                    .label("idle_instances"),
+                    func.coalesce(func.sum(agents.c.tasks_completed), 0).label(
+                        "total_tasks_completed"
+                    ),
+                    func.coalesce(func.sum(agents.c.tokens_used), 0).label("total_tokens_used"),
+                    func.coalesce(func.sum(agents.c.cost_incurred), 0).label("total_cost_incurred"),
+                ).where(agents.c.project_id == ctx.project.id)
+            )
+        )
+        .mappings()
+        .one()
+    )
+    return dict(row)
+
+
+async def agent_metrics(
+    session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID
+) -> dict[str, Any]:
+    row = (
+        await session.execute(
+            select(
+                agents.c.status,
+                agents.c.tasks_completed,
+                agents.c.tokens_used,
+                agents.c.cost_incurred,
+            ).where(agents.c.id == agent_id, agents.c.project_id == ctx.project.id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"Agent {agent_id} not found")
+    return {
+        "total_instances": 1,
+        "active_instances": int(row.status in _ACTIVE),
+        "idle_instances": int(row.status == AgentStatus.idle.value),
+        "total_tasks_completed": row.tasks_completed,
+        "total_tokens_used": row.tokens_used,
+        "total_cost_incurred": row.cost_incurred,
+    }
+
+
+async def list_events(
+    session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID, paging: PageParams
+) -> tuple[list[AgentEvent], int]:
+    """The agent's transitions, oldest first (seq orders those of one transaction too)."""
+    events = AgentEvent.__table__
+    visible = (
+        select(agents.c.id)
+        .where(agents.c.id == agent_id, agents.c.project_id == ctx.project.id)
+        .exists()
+    )
+    count = select(func.count()).select_from(events).where(events.c.agent_id == agent_id)
+    found, total = (await session.execute(select(visible, count.scalar_subquery()))).one()
+    if not found:
+        raise NotFound(f"Agent {agent_id} not found")
+    if total <= paging.offset:
+        return [], total
+    rows = await session.scalars(
+        select(AgentEvent)
+        .where(AgentEvent.agent_id == agent_id)
+        .order_by(AgentEvent.seq)
+        .offset(paging.offset)
+        .limit(paging.limit)
+    )
+    return list(rows), total

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.audit.models import AuditLog
+from backend.core.middleware import current_request_id
+from backend.core.schemas import PageParams
+
+if TYPE_CHECKING:
+    from backend.auth.dependencies import Principal
+
+
+def record(
+    session: AsyncSession,
+    principal: Principal | None,
+    action: str,
+    *,
+    project_id: uuid.UUID | None = None,
+    target_type: str | None = None,
+    target_id: uuid.UUID | str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Add an audit row to the caller's transaction: it commits or rolls back with the change."""
+    session.add(
+        AuditLog(
+            actor_user_id=principal.user.id if principal else None,
+            actor_api_key_id=principal.api_key.id if principal and principal.api_key else None,
+            project_id=project_id,
+            action=action,
+            target_type=target_type,
+            target_id=str(target_id) if target_id is not None else None,
+            details=details or {},
+            request_id=current_request_id.get(),
+        )
+    )
+
+
+async def list_entries(
+    session: AsyncSession, paging: PageParams, *, project_id: uuid.UUID | None = None
+) -> tuple[list[AuditLog], int]:
+    query = select(AuditLog)
+    count = select(func.count()).select_from(AuditLog)
+    if project_id is not None:
+        query = query.where(AuditLog.project_id == project_id)
+        count = count.where(AuditLog.project_id == project_id)
+    total = await session.scalar(count) or 0
+    rows = await session.scalars(
+        query.order_by(AuditLog.created_at.desc(), AuditLog.id.desc())
+        .offset(paging.offset)
+        .limit(paging.limit)
+    )
+    return list(rows), total

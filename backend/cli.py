@@ -1,0 +1,189 @@
+"""`agentry dev|api|worker|migrate|create-superuser`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+from contextlib import ExitStack
+from pathlib import Path
+
+import typer
+
+from backend.config import Settings
+
+app = typer.Typer(
+    help="Agentry: a self-hostable control plane for AI agents.", no_args_is_help=True
+)
+ROOT = Path(__file__).resolve().parent.parent
+DEV_SUPERUSER = ("admin@example.com", "agentry-admin")
+
+
+def migrate_to_head(url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["url"] = url
+    command.upgrade(config, "head")
+
+
+async def bootstrap(settings: Settings, *, seed: bool) -> None:
+    """First superuser (and, in dev, the demo agent types), in one transaction."""
+    from backend.auth import service as auth_service
+    from backend.core.db import create_engine, create_sessionmaker
+
+    engine = create_engine(settings.DATABASE_URL, pool_size=1, max_overflow=0)  # type: ignore[arg-type]
+    try:
+        async with create_sessionmaker(engine)() as session:
+            if settings.FIRST_SUPERUSER_EMAIL and settings.FIRST_SUPERUSER_PASSWORD:
+                created = await auth_service.ensure_superuser(
+                    session,
+                    settings.FIRST_SUPERUSER_EMAIL,
+                    settings.FIRST_SUPERUSER_PASSWORD.get_secret_value(),
+                )
+                if created:
+                    typer.echo(f"Created superuser {settings.FIRST_SUPERUSER_EMAIL}")
+            if seed:
+                from backend.agent_types.seed import seed_fake_types
+
+                await seed_fake_types(session)
+            await session.commit()
+    finally:
+        await engine.dispose()
+
+
+def _dev_secret(data_dir: Path) -> str:
+    """A per-DATA_DIR secret, so tokens survive restarts of `agentry dev`."""
+    path = data_dir / "secret_key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _banner(settings: Settings, embedded: bool, dev_password: str | None) -> str:
+    base = f"http://{settings.HOST}:{settings.PORT}"
+    email = settings.FIRST_SUPERUSER_EMAIL
+    password = dev_password or "$FIRST_SUPERUSER_PASSWORD"
+    where = (
+        f"embedded Postgres and Redis under {settings.DATA_DIR}"
+        if embedded
+        else "DATABASE_URL/REDIS_URL"
+    )
+    return (
+        f"\nAgentry is running at {base} (data: {where})\n"
+        f"  API docs:  {base}/docs  (Authorize: {email} / {password})\n"
+        f"  Log in:    curl -s {base}/api/v1/auth/login -H 'Content-Type: application/json' "
+        f"""-d '{{"email": "{email}", "password": "{password}"}}'\n"""
+        "  Stop:      Ctrl-C\n"
+    )
+
+
+async def _serve(settings: Settings, *, with_worker: bool) -> None:
+    import uvicorn
+
+    from backend.main import create_app
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host=settings.HOST,
+            port=settings.PORT,
+            log_config=None,
+            proxy_headers=True,
+        )
+    )
+    worker = None
+    if with_worker:
+        from backend.worker import run_worker
+
+        worker = await run_worker(settings)
+    try:
+        await server.serve()
+    finally:
+        if worker is not None:
+            await worker.close()
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@app.command()
+def dev() -> None:
+    """API + worker in one process; embedded Postgres/Redis under DATA_DIR unless URLs are set."""
+    from backend.core.devservices import EmbeddedServices
+
+    # uvicorn re-raises the signal that stopped it; make SIGTERM unwind like Ctrl-C so the
+    # embedded servers are stopped by the `with` below instead of outliving us.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    os.environ["ENVIRONMENT"] = "dev"
+    settings = Settings()
+    overrides: dict[str, object] = {"ENVIRONMENT": "dev"}
+    if settings.SECRET_KEY is None:
+        overrides["SECRET_KEY"] = _dev_secret(settings.DATA_DIR)
+    dev_password = None
+    if not settings.FIRST_SUPERUSER_EMAIL:
+        overrides["FIRST_SUPERUSER_EMAIL"], dev_password = DEV_SUPERUSER
+        overrides["FIRST_SUPERUSER_PASSWORD"] = dev_password
+    embedded = not (settings.DATABASE_URL and settings.REDIS_URL)
+    with ExitStack() as stack:
+        if embedded:
+            typer.echo(f"Starting embedded Postgres and Redis under {settings.DATA_DIR} …")
+            services = stack.enter_context(EmbeddedServices(settings.DATA_DIR))
+            overrides["DATABASE_URL"] = settings.DATABASE_URL or services.database_url
+            overrides["REDIS_URL"] = settings.REDIS_URL or services.redis_url
+        settings = Settings(**overrides)  # init values win over the environment
+        migrate_to_head(settings.DATABASE_URL)  # type: ignore[arg-type]
+        asyncio.run(bootstrap(settings, seed=True))
+        typer.echo(_banner(settings, embedded, dev_password))
+        try:
+            asyncio.run(_serve(settings, with_worker=True))
+        except KeyboardInterrupt:
+            pass
+    typer.echo("Agentry stopped.")
+
+
+@app.command()
+def api() -> None:
+    """Serve the API only (production): DATABASE_URL, REDIS_URL and SECRET_KEY required."""
+    settings = Settings()
+    asyncio.run(bootstrap(settings, seed=False))
+    asyncio.run(_serve(settings, with_worker=False))
+
+
+@app.command()
+def worker() -> None:
+    """Run an ARQ worker (the same as `arq backend.worker.WorkerSettings`)."""
+    from backend.worker import main as worker_main
+
+    worker_main()
+
+
+@app.command()
+def migrate() -> None:
+    """Upgrade the database to the latest migration."""
+    settings = Settings()
+    if not settings.DATABASE_URL:
+        raise typer.BadParameter("DATABASE_URL is not set")
+    migrate_to_head(settings.DATABASE_URL)
+    typer.echo("Database is at head.")
+
+
+@app.command("create-superuser")
+def create_superuser(
+    email: str = typer.Option(..., envvar="FIRST_SUPERUSER_EMAIL"),
+    password: str = typer.Option(
+        ..., envvar="FIRST_SUPERUSER_PASSWORD", prompt=True, hide_input=True
+    ),
+) -> None:
+    """Create a superuser if no user has that email."""
+    settings = Settings(FIRST_SUPERUSER_EMAIL=email, FIRST_SUPERUSER_PASSWORD=password)
+    asyncio.run(bootstrap(settings, seed=False))
+
+
+if __name__ == "__main__":
+    app()

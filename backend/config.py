@@ -1,0 +1,115 @@
+"""Settings from the environment and `.env`; one instance per process via get_settings()."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_WEAK_SECRETS = {"", "changeme", "change-me", "secret", "dev"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # "dev" is set by `agentry dev`; it allows a generated SECRET_KEY and embedded services.
+    ENVIRONMENT: Literal["dev", "test", "production"] = "production"
+
+    DATABASE_URL: str | None = None
+    REDIS_URL: str | None = None
+    DATA_DIR: Path = Path(".data")
+    HOST: str = "127.0.0.1"
+    PORT: int = Field(8000, ge=1, le=65535)
+
+    SECRET_KEY: SecretStr | None = None
+    JWT_ALGORITHM: Literal["HS256", "HS384", "HS512"] = "HS256"
+    ACCESS_TOKEN_EXPIRE_MINUTES: int = Field(15, ge=1)
+    REFRESH_TOKEN_EXPIRE_DAYS: int = Field(14, ge=1)
+    # Maintenance purges refresh-token families this long after their newest token expired.
+    REFRESH_TOKEN_RETENTION_DAYS: int = Field(7, ge=0)
+    # Usage rollups keep hourly resolution this many whole UTC days; maintenance merges older
+    # hours into one row per day (metrics read 24x fewer rows for old usage).
+    USAGE_HOURLY_RETENTION_DAYS: int = Field(3, ge=1)
+
+    FIRST_SUPERUSER_EMAIL: str | None = None
+    FIRST_SUPERUSER_PASSWORD: SecretStr | None = None
+    REGISTRATION_ENABLED: bool = True
+    CORS_ORIGINS: list[str] = []
+
+    RATE_LIMIT_ENABLED: bool = True
+    RATE_LIMIT_MULTIPLIER: float = Field(1.0, gt=0)
+    # JSON object overriding per-route limits, e.g. {"agents.spawn": "50/minute"}.
+    RATE_LIMITS: str | None = None
+
+    ANTHROPIC_API_KEY: SecretStr | None = None
+    OPENAI_API_KEY: SecretStr | None = None
+    ANTHROPIC_BASE_URL: str | None = None
+    OPENAI_BASE_URL: str | None = None
+
+    WORKER_MAX_JOBS: int = Field(200, ge=1)
+    # Prefix of the ARQ queue name; lets several deployments (or test runs) share one Redis.
+    QUEUE_NAME: str = "agentry:queue"
+    # Runs and workers (backend/runs). Pickup latency is up to one poll delay.
+    WORKER_POLL_DELAY_SECONDS: float = Field(0.02, gt=0, le=5)
+    # Each worker refreshes its liveness key (TTL below) and its running runs' heartbeat_at.
+    WORKER_HEARTBEAT_SECONDS: float = Field(5.0, gt=0)
+    WORKER_TTL_SECONDS: float = Field(30.0, gt=0)
+    # Sweeper (re-enqueue lost queued runs) and reaper (recover runs of dead workers) period.
+    RUN_SWEEP_INTERVAL_SECONDS: int = Field(5, ge=1, le=30)
+    # A running run whose heartbeat is older than its attempt timeout + this grace is reaped.
+    RUN_REAP_GRACE_SECONDS: float = Field(30.0, ge=0)
+    # Retry backoff: min(max, base * 2**(attempt-1)), half of it jittered.
+    RUN_RETRY_BASE_SECONDS: float = Field(1.0, ge=0)
+    RUN_RETRY_MAX_SECONDS: float = Field(60.0, ge=0)
+    # Conversation messages (newest, sent oldest first) given to the provider with each run.
+    RUN_HISTORY_MAX_MESSAGES: int = Field(100, ge=0, le=10_000)
+    # Per-run event streams in Redis: approximate length cap, and retention after the run ends.
+    RUN_EVENTS_MAXLEN: int = Field(10_000, ge=10)
+    RUN_EVENTS_RETENTION_SECONDS: int = Field(3600, ge=1)
+    # SSE comment line sent while a run is quiet (API.md: at least every 15 s).
+    SSE_KEEPALIVE_SECONDS: float = Field(15.0, gt=0, le=15)
+
+    DB_POOL_SIZE: int = Field(20, ge=1)
+    DB_MAX_OVERFLOW: int = Field(20, ge=0)
+
+    LOG_LEVEL: str = "INFO"
+    LOG_FORMAT: Literal["json", "console"] = "json"
+
+    @field_validator("CORS_ORIGINS", mode="before")
+    @classmethod
+    def _split_origins(cls, v: object) -> object:
+        if isinstance(v, str) and not v.strip().startswith("["):
+            return [o.strip() for o in v.split(",") if o.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _enforce_secrets(self) -> Settings:
+        if self.ENVIRONMENT == "dev":
+            return self
+        key = self.SECRET_KEY.get_secret_value() if self.SECRET_KEY else ""
+        if key.lower() in _WEAK_SECRETS or len(key) < 32:
+            raise ValueError(
+                "SECRET_KEY must be set to a random string of at least 32 characters "
+                "outside dev mode (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+            )
+        if self.FIRST_SUPERUSER_PASSWORD and self.FIRST_SUPERUSER_PASSWORD.get_secret_value() in (
+            "changeme",
+            "change-me",
+        ):
+            raise ValueError(
+                "FIRST_SUPERUSER_PASSWORD must not be a default value outside dev mode"
+            )
+        return self
+
+    @property
+    def secret_key(self) -> str:
+        assert self.SECRET_KEY is not None, "SECRET_KEY is resolved before the app starts"
+        return self.SECRET_KEY.get_secret_value()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,57 @@
+"""Operations endpoints (no /api/v1 prefix): liveness, readiness, Prometheus."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from backend.usage import prometheus as usage_prometheus
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health", operation_id="health", summary="Liveness: the process is up")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+async def _check_db(request: Request) -> str:
+    async with request.app.state.engine.connect() as conn:
+        version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+    head = request.app.state.migration_head
+    return "ok" if version == head else f"migrations at {version}, head is {head}"
+
+
+async def _check_redis(request: Request) -> str:
+    await request.app.state.redis.ping()
+    return "ok"
+
+
+async def _probe(check, request: Request) -> str:
+    try:
+        return await asyncio.wait_for(check(request), timeout=2.0)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+        return f"unavailable ({type(exc).__name__})"
+
+
+@router.get(
+    "/ready",
+    operation_id="ready",
+    summary="Readiness: database and Redis answer, migrations at head",
+    responses={503: {"description": "Not ready"}},
+)
+async def ready(request: Request) -> JSONResponse:
+    db, redis = await asyncio.gather(_probe(_check_db, request), _probe(_check_redis, request))
+    ok = db == "ok" and redis == "ok"
+    body = {"status": "ok" if ok else "unavailable", "database": db, "redis": redis}
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+@router.get("/metrics", operation_id="prometheus_metrics", summary="Prometheus metrics")
+async def metrics(request: Request) -> Response:
+    await usage_prometheus.refresh(request.app)  # runs, tokens, cost, queue: read at scrape time
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

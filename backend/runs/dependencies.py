@@ -1,0 +1,70 @@
+"""Authorization for streaming endpoints, whose browser clients cannot send headers.
+
+`?access_token=` (EventSource) and `?api_key=` (WebSocket) are accepted as alternatives to the
+headers and go through the very same authentication and project gate as every route.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import Depends, Path, Query, Request, Response
+from starlette.requests import HTTPConnection
+
+from backend.auth.dependencies import Principal, api_key_header, authenticate, oauth2
+from backend.core.db import Session
+from backend.projects.dependencies import Permission, ProjectContext, resolve_project
+
+AccessTokenQuery = Annotated[
+    str | None,
+    Query(
+        max_length=4096,
+        description="Access token, for clients that cannot send headers (EventSource)",
+    ),
+]
+
+
+async def authorize(
+    connection: HTTPConnection,
+    session: Session,
+    project_id: uuid.UUID,
+    permission: Permission,
+    *,
+    token: str | None,
+    api_key: str | None,
+) -> ProjectContext:
+    """Authenticate (bearer token or API key) and resolve the caller's role in the project."""
+    principal: Principal = await authenticate(
+        connection,  # type: ignore[arg-type]  # only .app is read, which WebSockets have too
+        session,
+        token=token,
+        api_key=api_key,
+    )
+    return await resolve_project(session, principal, project_id, permission)
+
+
+async def _stream_reader(
+    request: Request,
+    response: Response,
+    session: Session,
+    project_id: Annotated[uuid.UUID, Path(description="Project id")],
+    access_token: AccessTokenQuery = None,
+    token: Annotated[str | None, Depends(oauth2)] = None,
+    api_key: Annotated[str | None, Depends(api_key_header)] = None,
+) -> ProjectContext:
+    ctx = await authorize(
+        request,
+        session,
+        project_id,
+        Permission.runs_read,
+        token=token or access_token,
+        api_key=api_key,
+    )
+    await request.app.state.limiter.enforce(
+        "runs.events", "60/minute", ctx.principal.identity, response, request
+    )
+    return ctx
+
+
+StreamReader = Annotated[ProjectContext, Depends(_stream_reader)]

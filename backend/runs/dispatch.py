@@ -1,0 +1,137 @@
+"""The thin interface between runs and ARQ: enqueue an attempt, abort it, publish its events.
+
+Job ids are `run:<run_id>:<attempt>`, where attempt is how many attempts the run had started
+when it was dispatched. So:
+- enqueueing the same queued run twice (submit, dispatch-next, resume, sweeper) is refused by
+  ARQ as a duplicate id: idempotent, and a retry's deferred job keeps its backoff;
+- a retry or a recovery after a lost worker gets a new id, so ARQ's refusal of a duplicate id
+  and a SIGKILLed job's still-held in-progress key never block it;
+- a stale re-delivery of an old job (ARQ re-runs a SIGKILLed job when its in-progress key
+  expires) carries an old attempt number, and the claim refuses it;
+- an abort (arq#485: it lingers until a job with that id starts) can only ever name the
+  attempt of a run that is already cancelled, so a ghost abort hits nothing that matters.
+
+Jobs are enqueued only after the transaction that made the run dispatchable has committed
+(`after_commit`); if that enqueue is lost, the sweeper re-derives it from the database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from arq.connections import ArqRedis
+from arq.constants import abort_jobs_ss, job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
+from redis.commands.core import AsyncScript
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.config import Settings
+from backend.core.db import after_commit
+from backend.runs import streams
+from backend.runs.models import Run, RunStatus
+
+log = structlog.get_logger()
+
+EXECUTE_RUN = "execute_run"
+_INFO_KEY = "runs.dispatcher"
+# KEYS: the job key, its result key, the queue; ARGV: expiry ms, job record, score, job id.
+_ENQUEUE = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
+
+
+def job_id(run_id: uuid.UUID | str, attempt: int) -> str:
+    return f"run:{run_id}:{attempt}"
+
+
+class Dispatcher:
+    """What a process (API or worker) needs to hand runs to workers and tell readers about them."""
+
+    def __init__(self, redis: ArqRedis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.events = streams.Publisher(redis, settings)
+        # Called after a job due now was queued (a worker's own poll loop takes it at once).
+        self.on_enqueue: Callable[[], None] | None = None
+        self._script: AsyncScript | None = None
+
+    async def enqueue(self, run_id: uuid.UUID, attempt: int, *, defer: float | None = None) -> bool:
+        """True when a new job was queued; False when that attempt's job already exists.
+
+        What ArqRedis.enqueue_job does (the same job record, score and expiry, refused while
+        the job or its result exists), as one script: one round trip instead of three.
+        """
+        jid = job_id(run_id, attempt)
+        now = timestamp_ms()
+        score = now + (round(defer * 1000) if defer else 0)
+        expires = score - now + self.redis.expires_extra_ms
+        job = serialize_job(EXECUTE_RUN, (str(run_id), attempt), {}, None, now)
+        keys = [job_key_prefix + jid, result_key_prefix + jid, self.settings.QUEUE_NAME]
+        queued = bool(await self._enqueue(keys=keys, args=[expires, job, score, jid]))
+        if queued and not defer and self.on_enqueue is not None:
+            self.on_enqueue()
+        return queued
+
+    @property
+    def _enqueue(self) -> AsyncScript:
+        if self._script is None:
+            self._script = self.redis.register_script(_ENQUEUE)
+        return self._script
+
+    async def abort(self, run_id: uuid.UUID, attempt: int) -> None:
+        """Ask the worker running that attempt to stop it (ARQ's abort set, seen each poll)."""
+        await self.redis.zadd(abort_jobs_ss, {job_id(run_id, attempt): timestamp_ms()})
+
+    async def publish(
+        self, run_id: uuid.UUID, events: list[tuple[str, dict[str, Any]]], *, final: bool = False
+    ) -> None:
+        await self.events.publish(run_id, events, final=final)
+
+
+def install(sessionmaker: async_sessionmaker[AsyncSession], dispatcher: Dispatcher) -> None:
+    """Every session of this sessionmaker can dispatch (`session.info`), API and worker alike."""
+    info = dict(sessionmaker.kw.get("info") or {})
+    info[_INFO_KEY] = dispatcher
+    sessionmaker.configure(info=info)
+
+
+def of(session: AsyncSession) -> Dispatcher | None:
+    return session.info.get(_INFO_KEY)
+
+
+def later(session: AsyncSession, action: Callable[[Dispatcher], Awaitable[Any]]) -> None:
+    """Run `action` with the session's dispatcher once the transaction has committed.
+
+    Without a dispatcher (a bare session, e.g. a script) nothing is sent: the sweeper and
+    stream readers repair from the database.
+    """
+    dispatcher = of(session)
+    if dispatcher is None:
+        log.debug("runs_dispatch_skipped_no_dispatcher")
+        return
+    after_commit(session, lambda: action(dispatcher))
+
+
+async def dispatch_head(session: AsyncSession, agent_id: uuid.UUID) -> uuid.UUID | None:
+    """After commit, enqueue the agent's oldest queued run (the only one a claim accepts)."""
+    head = (
+        await session.execute(
+            select(Run.id, Run.attempt)
+            .where(Run.agent_id == agent_id, Run.status == RunStatus.queued.value)
+            .order_by(Run.seq)
+            .limit(1)
+        )
+    ).first()
+    if head is None:
+        return None
+    run_id, attempt = head
+    later(session, lambda d: d.enqueue(run_id, attempt))
+    return run_id

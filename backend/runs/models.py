@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Identity,
+    Index,
+    Numeric,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from backend.core.db import Base, IdMixin, TimestampMixin, check_in, utcnow
+
+
+class RunStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    timed_out = "timed_out"
+
+
+FINISHED = frozenset(
+    {RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled, RunStatus.timed_out}
+)
+
+
+class Run(IdMixin, TimestampMixin, Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint(check_in("status", RunStatus), name="status"),
+        Index("ix_runs_project_id_created_at", "project_id", "created_at"),
+        Index("ix_runs_agent_id_seq", "agent_id", "seq"),
+        # Sweeper, reaper and pending_runs look only at unfinished runs.
+        Index(
+            "ix_runs_unfinished",
+            "agent_id",
+            "status",
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
+    )
+
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    agent_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"))
+    # Submission order: an agent starts its runs by ascending seq.
+    seq: Mapped[int] = mapped_column(BigInteger, Identity())
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.queued)
+    input: Mapped[str] = mapped_column(Text)
+    output: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    attempt: Mapped[int] = mapped_column(default=0)
+    provider: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(200))
+    timeout_seconds: Mapped[int | None]
+    run_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
+    # Sums over the run's provider calls, updated in the same transaction as each call.
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(20, 10), default=Decimal(0))
+    # True when any call's model had no known price: cost_usd is then a lower bound.
+    cost_unknown: Mapped[bool] = mapped_column(default=False)
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None]
+    cancel_requested_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class ProviderCall(IdMixin, Base):
+    """One provider call (an attempt, or a fallback within it), priced when it ended."""
+
+    __tablename__ = "provider_calls"
+
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    agent_id: Mapped[uuid.UUID]
+    attempt: Mapped[int]
+    provider: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(200))
+    succeeded: Mapped[bool]
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(20, 10))
+    price_source: Mapped[str] = mapped_column(String(200))
+    raw_usage: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now(), default=utcnow)
+
+
+class ConversationMessage(IdMixin, Base):
+    """An agent's conversation history; its next run receives it."""
+
+    __tablename__ = "conversation_messages"
+    __table_args__ = (Index("ix_conversation_messages_agent_id_seq", "agent_id", "seq"),)
+
+    agent_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"))
+    run_id: Mapped[uuid.UUID | None]
+    seq: Mapped[int] = mapped_column(BigInteger, Identity())
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now(), default=utcnow)

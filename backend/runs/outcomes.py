@@ -1,0 +1,163 @@
+"""How an attempt ends: success, retry (back to queued, a deferred next attempt), failure,
+or release (the worker is stopping). One short transaction each (backend/runs/pipeline.py),
+agent row first; then, after its commit, the events and the next job.
+
+Every conclusion is guarded by "still running, by this worker, at this attempt": a run that was
+cancelled or recovered meanwhile is never overwritten, but the tokens its calls consumed are
+still counted (provider calls are recorded once per run, attempt and model: never twice).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.agents import state as agent_state
+from backend.agents.models import AgentStatus
+from backend.config import Settings
+from backend.core.errors import InvalidTransition, NotFound
+from backend.runs import dispatch, streams
+from backend.runs.pipeline import Conclusion as C
+from backend.runs.schemas import RunRow
+from backend.usage import service as usage
+
+if TYPE_CHECKING:
+    from backend.runs.executor import Attempt, WorkerState
+
+log = structlog.get_logger()
+
+
+async def conclude(w: WorkerState, state: Attempt) -> str:
+    c, error = state.claimed, state.error
+    if state.completion is not None:
+        assert state.model is not None
+        values = {"j_output": state.completion.text, "j_model": state.model}
+        return await _finished(w, state, await _run(w, state, C.succeeded, **values))
+    assert error is not None
+    if error.transient and c.attempt <= c.max_retries:
+        delay = backoff(w.settings, c.attempt)
+        row = await _run(w, state, C.retry, j_error=_error(error))
+        return "retrying" if await _requeued(w, state, row, delay=delay) else "taken"
+    kind = C.timed_out if state.timed_out else C.failed
+    return await _finished(w, state, await _run(w, state, kind, j_error=_error(error)))
+
+
+def _error(error: Any) -> dict[str, str]:
+    return {"code": error.code, "message": error.message}
+
+
+async def _run(w: WorkerState, state: Attempt, kind: C, **values: Any) -> Any:
+    """The conclusion's transaction (batched with others): the calls, the run, the agent. The
+    run row after it (a RunRow), or None when nothing was written."""
+    c = state.claimed
+    job = {
+        "run_id": str(c.run_id),
+        "agent_id": c.agent_id,  # for the lock, not sent
+        "j_worker": w.worker_id,
+        "j_attempt": c.attempt,
+        "j_provider": c.provider,
+        **values,
+    }
+    calls = [(call.model, call.usage, call.succeeded, call.error) for call in state.calls]
+    priced = usage.priced_calls(
+        c.run_id, c.provider, calls, pricing_override=c.pricing, at=datetime.now(UTC)
+    )
+    row = await w.db.conclude(kind, job, priced)
+    return None if row is None else RunRow(row)
+
+
+async def _finished(w: WorkerState, state: Attempt, run: Any) -> str:
+    """After a final conclusion's commit: the agent's next run, then the run's last events."""
+    if run is None or not run.moved:
+        await _announce_usage(state, run)
+        return "taken"
+    if run.released and run.next_id is not None:
+        await w.dispatcher.enqueue(run.next_id, run.next_attempt)
+    usage.observe_finished(run.status, run.started_at, run.finished_at)
+    # The run's stream ends with what committed; this job need not wait for Redis (its slot
+    # goes to the next run sooner): the process's Publisher sends it, flushed at shutdown.
+    await state.events.close(streams.final_events(run), final=True, wait=False)
+    return run.status
+
+
+async def _announce_usage(state: Attempt, run: Any) -> None:
+    """The run was not ours to conclude: publish what was pending and its new usage, if any."""
+    events = [(streams.USAGE, streams.usage_data(run))] if run is not None and state.calls else []
+    await state.events.close(events)
+
+
+async def _requeued(w: WorkerState, state: Attempt, run: Any, *, delay: float | None) -> bool:
+    """After a requeue's commit: usage, `queued` on the stream, and the next attempt's job."""
+    if run is None or not run.moved:
+        await _announce_usage(state, run)
+        return False
+    c = state.claimed
+    queued: dict[str, Any] = {"status": "queued", "attempt": c.attempt}
+    if delay:
+        queued["retry_in_seconds"] = round(delay, 3)
+    events = [(streams.USAGE, streams.usage_data(run))] if state.calls else []
+    await state.events.close([*events, (streams.STATUS, queued)])
+    await w.dispatcher.enqueue(c.run_id, c.attempt, defer=delay)
+    return True
+
+
+def backoff(settings: Settings, attempt: int) -> float:
+    """Exponential in the attempt number, capped; the upper half jittered (no thundering herd)."""
+    ceiling = min(
+        settings.RUN_RETRY_MAX_SECONDS, settings.RUN_RETRY_BASE_SECONDS * 2 ** (attempt - 1)
+    )
+    return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not security
+
+
+async def requeued(
+    session: AsyncSession,
+    run_id: uuid.UUID,
+    agent_id: uuid.UUID,
+    attempt: int,
+    *,
+    delay: float | None,
+) -> None:
+    """A run just went back to queued in this session's transaction (the reaper): its agent
+    waits for it, and its next attempt is queued after commit."""
+    try:
+        await agent_state.transition(
+            session,
+            agent_id,
+            AgentStatus.waiting,
+            only_from={AgentStatus.working},
+            run_id=run_id,
+            reason="run retrying",
+        )
+    except (InvalidTransition, NotFound):
+        pass  # paused or terminated meanwhile: resume (or nothing) takes it from here
+    queued = {"status": "queued", "attempt": attempt}
+    if delay:
+        queued["retry_in_seconds"] = round(delay, 3)
+
+    async def send(d: dispatch.Dispatcher) -> None:
+        await d.publish(run_id, [(streams.STATUS, queued)])
+        await d.enqueue(run_id, attempt, defer=delay)
+
+    dispatch.later(session, send)
+
+
+async def release(w: WorkerState, state: Attempt) -> None:
+    """This job is being cancelled: count what was consumed; if the worker is merely stopping
+    (the run is still ours), put the run back in the queue for another worker."""
+    try:
+        await _requeued(w, state, await _run(w, state, C.release), delay=None)
+    except Exception:  # noqa: BLE001 - the reaper recovers it from the heartbeat
+        log.warning("run_release_failed", run_id=str(state.claimed.run_id), exc_info=True)
+
+
+async def conclude_taken(w: WorkerState, state: Attempt) -> None:
+    """The run was cancelled or recovered elsewhere: only count the tokens already consumed."""
+    if not state.calls:
+        await state.events.close()
+        return
+    await _announce_usage(state, await _run(w, state, C.account))

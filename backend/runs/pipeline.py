@@ -1,0 +1,460 @@
+"""The worker's hot path in SQL: claiming runs and concluding attempts, batched, on plain asyncpg
+connections (no ORM: at hundreds of runs per second the ORM's per-statement cost was most of a
+run's CPU, and a database round trip per step was most of the rest).
+
+Claims (and conclusions of each kind) that are requested while earlier ones are in flight go
+together: one transaction of three round trips for the batch. The transaction first locks the
+batch's agent rows, in id order (`FOR UPDATE`: it waits for those agents' other claims,
+conclusions, cancels, pauses and for in-flight submits, whose key-share locks conflict), then
+runs one fused statement. In READ COMMITTED a statement reads a snapshot taken when it
+starts, so the fused statement sees every earlier transaction of these agents: its guards
+("the agent's oldest queued run", "no other run of the agent is running") and its dispatch
+of an agent's next run read the agents' runs as they are. Every multi-row locker takes agents
+before runs, each in id order: batches cannot deadlock each other.
+
+The fused statements are assembled from the state machines' own fragments
+(backend/agents/state.py and backend/runs/state.py, the only writers of the statuses) and the
+usage domain's accounting fragments (backend/usage/service.py), once at import. For each run
+they do exactly what the session-based steps do:
+
+- claim: run queued→running (at the job's attempt, the agent's oldest queued run, none of its
+  runs running), agent idle/waiting→working + history row; returns the run, its agent type
+  and the agent's conversation history.
+- conclude (success, failure, timeout, retry, release, account-only): the attempt's provider
+  calls (each counted once: provider_calls' unique key), the run's usage sums and the hourly
+  rollups (a run counted as finished only by the statement that moved it to a final status),
+  the run's status guarded by "still running, by this worker, at this attempt", the
+  conversation (success), the agent's counters and status (back to idle unless paused,
+  terminated or running another run; waiting on a retry) + history row; returns the run as
+  committed, whether its agent was freed, and the agent's next queued run to dispatch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from functools import partial
+from typing import Any, Generic, TypeVar
+
+import asyncpg
+import structlog
+from sqlalchemy.engine import make_url
+
+from backend.agents import state as agent_state
+from backend.agents.models import AgentStatus
+from backend.config import Settings
+from backend.runs import state as run_state
+from backend.runs.models import RunStatus
+from backend.usage import service as usage
+
+log = structlog.get_logger()
+A, R = AgentStatus, RunStatus
+T, U = TypeVar("T"), TypeVar("U")
+
+# One worker process keeps about one connection busy at full speed (it is CPU-bound, and
+# batches its statements: a couple of batches in flight at once), so a handful of connections
+# absorb any burst without holding more of the server's.
+MAX_POOL_SIZE = 5
+MAX_BATCH = 100
+MAX_IN_FLIGHT = 2  # batches of one kind at once (a second one keeps the other core busy)
+
+
+@dataclass(frozen=True)
+class Statement:
+    """SQL with :name parameters, rewritten once to asyncpg's positional $n."""
+
+    sql: str
+    names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, sql: str) -> Statement:
+        names: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            if match.group(1) not in names:
+                names.append(match.group(1))
+            return f"${names.index(match.group(1)) + 1}"
+
+        # `::type` casts are not parameters.
+        return cls(re.sub(r"(?<![:\w]):([a-z_]+)", number, sql), tuple(names))
+
+    def args(self, params: dict[str, Any]) -> list[Any]:
+        return [params[name] for name in self.names]
+
+
+class Batcher(Generic[T, U]):
+    """Calls `run(items)` for requests that arrive together: requests made while a batch is
+    in flight go in the next one (at most `max_in_flight` at once, `MAX_BATCH` each, a key at
+    most once each). A batch that fails is retried one request at a time, so one bad request
+    fails alone."""
+
+    def __init__(
+        self,
+        run: Callable[[list[T]], Awaitable[list[U]]],
+        key: Callable[[T], Hashable],
+        *,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> None:
+        self._run, self._key, self._max_in_flight = run, key, max_in_flight
+        self._pending: list[tuple[T, asyncio.Future[U]]] = []
+        self._senders: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, item: T) -> U:
+        future: asyncio.Future[U] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if len(self._senders) < self._max_in_flight:
+            task = asyncio.create_task(self._send())
+            self._senders.add(task)
+            task.add_done_callback(self._senders.discard)
+        return await future
+
+    async def _send(self) -> None:
+        await asyncio.sleep(0)  # the requests of this loop turn go together
+        while self._pending:
+            await self._deliver(self._take())
+
+    def _take(self) -> list[tuple[T, asyncio.Future[U]]]:
+        batch, rest, keys = [], [], set()
+        for request in self._pending:
+            key = self._key(request[0])
+            if len(batch) < MAX_BATCH and key not in keys:
+                keys.add(key)
+                batch.append(request)
+            else:
+                rest.append(request)
+        self._pending = rest
+        return batch
+
+    async def _deliver(self, batch: list[tuple[T, asyncio.Future[U]]]) -> None:
+        try:
+            results = await self._run([item for item, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - handed to the callers
+            if len(batch) > 1:
+                log.warning("pipeline_batch_failed", size=len(batch), exc_info=True)
+                for request in batch:
+                    await self._deliver([request])
+            elif not batch[0][1].done():
+                batch[0][1].set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+
+# --- connections ---------------------------------------------------------------------------
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await _warm(conn)
+
+
+async def _warm(conn: asyncpg.Connection) -> None:
+    """Run the claim and the success conclusion once for no run (they write nothing): the
+    server backend loads its caches and plans them, and asyncpg keeps the prepared statements,
+    before a burst of runs needs them (~20 ms a connection)."""
+    now = datetime.now(UTC)
+    params = {"run_ids": [], "attempts": [], "jobs": [], "calls": [], "worker_id": ""}
+    params |= {"history": 0, "now": now, "bucket": now, "reason": ""}
+    for stmt in (CLAIM, CONCLUDE[Conclusion.succeeded]):
+        await conn.fetch(stmt.sql, *stmt.args(params))
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release: asyncpg has already rolled back an open transaction; our sessions set
+    nothing else, so skip the default RESET ALL / UNLISTEN round trip."""
+
+
+async def create_pool(settings: Settings) -> asyncpg.Pool:
+    """min(DB_POOL_SIZE, MAX_POOL_SIZE) connections, opened and warmed at startup."""
+    url = make_url(settings.DATABASE_URL or "").set(drivername="postgresql")
+    size = min(settings.DB_POOL_SIZE, MAX_POOL_SIZE)
+    return await asyncpg.create_pool(
+        url.render_as_string(hide_password=False),
+        min_size=size,
+        max_size=size,
+        init=_init_connection,
+        reset=_keep_session,
+        server_settings={
+            "timezone": "UTC",
+            "application_name": "agentry-worker",
+            # The statements find rows by key: the generic plan is the right one, and
+            # planning these CTEs per execution would cost more than running them.
+            "plan_cache_mode": "force_generic_plan",
+        },
+    )
+
+
+def _ids(ids: Any) -> str:
+    """UUIDs as SQL literals (a UUID's text is safe to inline)."""
+    return ", ".join(f"'{uuid.UUID(str(i))}'" for i in ids)
+
+
+async def _transaction(conn: asyncpg.Connection, lock: str, stmt: Statement, params: Any) -> Any:
+    """BEGIN + `lock` in one round trip (a simple-protocol query of two statements, hence the
+    literal ids), the statement, COMMIT: three round trips."""
+    await conn.execute(f"BEGIN; {lock}")
+    try:
+        rows = await conn.fetch(stmt.sql, *stmt.args(params))
+    except BaseException:
+        if not conn.is_closed():
+            await asyncio.shield(conn.execute("ROLLBACK"))
+        raise
+    await conn.execute("COMMIT")
+    return rows
+
+
+# --- claim ---------------------------------------------------------------------------------
+
+_CLAIM_JOBS = """
+job AS (SELECT * FROM unnest(:run_ids::uuid[], :attempts::int[]) AS j(run_id, j_attempt))"""
+# The runs each job may start: queued at the job's attempt, its agent's oldest queued run, and
+# none of the agent's runs running.
+_CLAIMABLE = """
+claimable AS (
+    SELECT ro.id, ro.agent_id FROM run_old ro
+    WHERE ro.status = 'queued' AND ro.attempt = ro.j_attempt
+        AND ro.seq = (SELECT min(q.seq) FROM runs q
+            WHERE q.agent_id = ro.agent_id AND q.status = 'queued')
+        AND NOT EXISTS (SELECT FROM runs b
+            WHERE b.agent_id = ro.agent_id AND b.status = 'running')
+)"""
+
+
+def _claim_sql() -> str:
+    run_old, run_new = run_state.transition_ctes(
+        R.running,
+        only_from={R.queued},
+        guard="EXISTS (SELECT FROM claimable c WHERE c.id = o.id)"
+        " AND EXISTS (SELECT FROM agent_moved m WHERE m.id = o.agent_id AND m.moved)",
+        values={
+            "attempt": "r.attempt + 1",
+            "started_at": "coalesce(r.started_at, now())",
+            "worker_id": ":worker_id::text",
+            "heartbeat_at": "now()",
+        },
+        now=":now::timestamptz",
+    )
+    agents = agent_state.transition_ctes(
+        A.working,
+        agents="SELECT agent_id FROM claimable",
+        only_from={A.idle, A.waiting},
+        when="EXISTS (SELECT FROM claimable c WHERE c.agent_id = o.id)",
+        run_id="(SELECT c.id FROM claimable c WHERE c.agent_id = m.id LIMIT 1)",
+        reason="'run started'",
+        now=":now::timestamptz",
+    )
+    return f"""WITH {_CLAIM_JOBS},{run_old},{_CLAIMABLE},{agents},{run_new}
+SELECT rn.id, rn.project_id, rn.agent_id, rn.attempt, rn.input, rn.timeout_seconds,
+    t.provider, t.model, t.system_prompt, t.temperature, t.max_tokens, t.config,
+    t.fallback_models, t.timeout_seconds AS type_timeout_seconds, t.max_retries, t.pricing,
+    h.roles, h.contents
+FROM run_new rn
+JOIN agent_moved am ON am.id = rn.agent_id
+JOIN agent_types t ON t.id = am.agent_type_id
+LEFT JOIN LATERAL (
+    SELECT array_agg(m.role ORDER BY m.seq) AS roles,
+        array_agg(m.content ORDER BY m.seq) AS contents
+    FROM (
+        SELECT c.role, c.content, c.seq FROM conversation_messages c
+        WHERE c.agent_id = rn.agent_id ORDER BY c.seq DESC LIMIT :history::int
+    ) m
+) h ON true
+WHERE rn.moved"""
+
+
+CLAIM = Statement.of(_claim_sql())
+
+
+# --- conclude ------------------------------------------------------------------------------
+
+
+class Conclusion(StrEnum):
+    succeeded = "succeeded"
+    failed = "failed"
+    timed_out = "timed_out"
+    retry = "retry"  # back to queued with the error; the next attempt is deferred
+    release = "release"  # back to queued as it was (the worker is stopping)
+    account = "account"  # no longer this attempt's run: only its calls are counted
+
+
+C = Conclusion
+_FINAL = {C.succeeded: R.succeeded, C.failed: R.failed, C.timed_out: R.timed_out}
+_CONCLUDE_JOBS = """
+job AS (
+    SELECT * FROM jsonb_to_recordset(:jobs::jsonb) AS j(run_id uuid, j_worker text,
+        j_attempt int, j_provider text, j_output text, j_model text, j_error jsonb)
+)"""
+_FINISHED = """
+finished AS (
+    SELECT id, project_id, agent_id, provider, model, status FROM run_new WHERE moved
+)"""
+# The runs' inputs and answers join their agents' histories, in this order (seq).
+_CONVERSATION = """
+conversation AS (
+    INSERT INTO conversation_messages (id, agent_id, run_id, role, content, created_at)
+    SELECT gen_random_uuid(), rn.agent_id, rn.id, m.role,
+        CASE m.n WHEN 1 THEN rn.input ELSE rn.output END, :now::timestamptz
+    FROM run_new rn, (VALUES (1, 'user'), (2, 'assistant')) AS m(n, role)
+    WHERE rn.moved
+    ORDER BY rn.id, m.n
+)"""
+_MOVED_RUN_OF = "EXISTS (SELECT FROM run_new rn WHERE rn.agent_id = o.id AND rn.moved)"
+# No run of the agent is running but the ones this statement just ended.
+_NO_OTHER_RUNNING = """NOT EXISTS (SELECT FROM runs b
+            WHERE b.agent_id = o.id AND b.status = 'running'
+            AND NOT EXISTS (SELECT FROM run_new rn WHERE rn.id = b.id AND rn.moved))"""
+# An agent just freed: its oldest queued run is the next job to enqueue.
+_HEAD = """SELECT q.id, q.attempt FROM runs q
+    WHERE q.agent_id = rn.agent_id AND q.status = 'queued' AND coalesce(am.moved, false)
+    ORDER BY q.seq LIMIT 1"""
+_NO_HEAD = "SELECT NULL::uuid AS id, NULL::int AS attempt"
+
+
+def _run_values(kind: Conclusion) -> dict[str, str]:
+    """The columns a conclusion writes with the status (the usage sums are always added)."""
+    values: dict[str, str] = {}
+    if kind is C.succeeded:
+        values = {"output": "o.j_output", "error": "NULL", "model": "o.j_model"}
+    elif kind in (C.failed, C.timed_out, C.retry):
+        values = {"error": "o.j_error"}
+    if kind in _FINAL:
+        values["finished_at"] = ":now::timestamptz"
+    elif kind in (C.retry, C.release):
+        values |= {"worker_id": "NULL", "heartbeat_at": "NULL"}
+    return values
+
+
+def _agent_ctes(kind: Conclusion) -> str:
+    """A final status frees the agent (unless paused, terminated, or running another run); a
+    requeue makes it wait. Its usage counters grow either way."""
+    final = kind in _FINAL
+    counters, touched = usage.agent_usage("finished" if final else None)
+    common: dict[str, Any] = {
+        "agents": "SELECT agent_id FROM run_old",
+        "counters": counters,
+        "touch_when": touched,
+        "run_id": "(SELECT rn.id FROM run_new rn WHERE rn.agent_id = m.id AND rn.moved"
+        " ORDER BY rn.id LIMIT 1)",
+        "now": ":now::timestamptz",
+    }
+    if final:
+        return agent_state.transition_ctes(
+            A.idle,
+            only_from={A.working, A.waiting},
+            when=f"{_MOVED_RUN_OF} AND {_NO_OTHER_RUNNING}",
+            reason=":reason::text",
+            **common,
+        )
+    when = "false" if kind is C.account else _MOVED_RUN_OF
+    return agent_state.transition_ctes(
+        A.waiting, only_from={A.working}, when=when, reason="'run retrying'", **common
+    )
+
+
+def _conclude_sql(kind: Conclusion) -> str:
+    final = kind in _FINAL
+    run_old, run_new = run_state.transition_ctes(
+        _FINAL.get(kind, R.queued),
+        only_from={R.running},
+        # Still this attempt's: running, by this worker, at this attempt.
+        guard="false"
+        if kind is C.account
+        else "o.worker_id = o.j_worker AND o.attempt = o.j_attempt",
+        values=_run_values(kind),
+        counters=usage.RUN_USAGE_SET,
+        joins="LEFT JOIN calls_sum s ON s.run_id = o.id",
+        touch_when="coalesce(s.n, 0) > 0",
+        now=":now::timestamptz",
+    )
+    ctes = [_CONCLUDE_JOBS, run_old, usage.CALLS_CTES, run_new, *([_FINISHED] if final else [])]
+    ctes += [usage.rollup_cte("finished" if final else None), _agent_ctes(kind)]
+    if kind is C.succeeded:
+        ctes.append(_CONVERSATION)
+    return f"""WITH {",".join(ctes)}
+SELECT rn.*, coalesce(am.moved, false) AS released, h.id AS next_id, h.attempt AS next_attempt
+FROM run_new rn
+LEFT JOIN agent_moved am ON am.id = rn.agent_id
+LEFT JOIN LATERAL ({_HEAD if final else _NO_HEAD}) h ON true"""
+
+
+CONCLUDE = {kind: Statement.of(_conclude_sql(kind)) for kind in Conclusion}
+
+
+# --- the worker's interface ----------------------------------------------------------------
+
+
+class Pipeline:
+    """A worker's claims and conclusions (backend/runs/executor.py, outcomes.py)."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, worker_id: str) -> None:
+        self.pool, self.settings, self.worker_id = pool, settings, worker_id
+        self._claims: Batcher[tuple[uuid.UUID, int], Any] = Batcher(
+            self._claim_batch, key=lambda job: job[0]
+        )
+        self._conclusions = {
+            kind: Batcher(partial(self._conclude_batch, kind), key=lambda job: job[0]["run_id"])
+            for kind in Conclusion
+        }
+
+    @classmethod
+    async def connect(cls, settings: Settings, worker_id: str) -> Pipeline:
+        return cls(await create_pool(settings), settings, worker_id)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def claim(self, run_id: uuid.UUID, attempt: int) -> Any:
+        """Start attempt `attempt + 1` of the run; the claimed row, or None (not its turn,
+        agent busy or paused, run cancelled, or a stale job)."""
+        return await self._claims((run_id, attempt))
+
+    async def conclude(
+        self, kind: Conclusion, job: dict[str, Any], calls: list[dict[str, Any]]
+    ) -> Any:
+        """`job`: run_id, j_worker, j_attempt, j_provider (+ j_output, j_model, j_error);
+        `calls`: usage.priced_calls. The run after it (with `moved`, `released`, `next_id`,
+        `next_attempt`), or None when nothing was written (no such run, or not ours and no
+        calls)."""
+        return await self._conclusions[kind]((job, calls))
+
+    async def _claim_batch(self, jobs: list[tuple[uuid.UUID, int]]) -> list[Any]:
+        ids = _ids(run_id for run_id, _ in jobs)
+        lock = f"SELECT FROM agents WHERE id IN (SELECT agent_id FROM runs WHERE id IN ({ids}))"
+        params = {
+            "run_ids": [run_id for run_id, _ in jobs],
+            "attempts": [attempt for _, attempt in jobs],
+            "worker_id": self.worker_id,
+            "history": self.settings.RUN_HISTORY_MAX_MESSAGES,
+            "now": datetime.now(UTC),
+        }
+        async with self.pool.acquire() as conn:
+            rows = await _transaction(conn, f"{lock} ORDER BY id FOR UPDATE", CLAIM, params)
+        claimed = {(row["id"], row["attempt"] - 1): row for row in rows}
+        return [claimed.get(job) for job in jobs]
+
+    async def _conclude_batch(
+        self, kind: Conclusion, requests: list[tuple[dict[str, Any], list[dict[str, Any]]]]
+    ) -> list[Any]:
+        jobs = [job for job, _ in requests]
+        agents = _ids(sorted({job["agent_id"] for job in jobs}))
+        now = datetime.now(UTC)
+        params = {
+            "jobs": [{k: v for k, v in job.items() if k != "agent_id"} for job in jobs],
+            "calls": [call for _, calls in requests for call in calls],
+            "now": now,
+            "bucket": usage.hour_bucket(now),
+            "reason": f"run {kind}",
+        }
+        lock = f"SELECT FROM agents WHERE id IN ({agents}) ORDER BY id FOR UPDATE"
+        async with self.pool.acquire() as conn:
+            rows = await _transaction(conn, lock, CONCLUDE[kind], params)
+        concluded = {str(row["id"]): row for row in rows}
+        return [concluded.get(str(job["run_id"])) for job in jobs]

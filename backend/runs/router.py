@@ -1,0 +1,194 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, FastAPI, Header, Query, Request, WebSocket, status
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from backend.auth.dependencies import rate_limit
+from backend.core.db import Session, commit
+from backend.core.idempotency import IdempotencyKeyHeader, Outcome, respond, run_idempotent
+from backend.core.schemas import Page, Paging, error_responses
+from backend.projects.dependencies import RunReader, RunWriter
+from backend.runs import dispatch, service, streams, websocket
+from backend.runs.dependencies import StreamReader
+from backend.runs.models import FINISHED, RunStatus
+from backend.runs.schemas import MAX_WAIT_SECONDS, RunCreate, RunOut, run_json
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Runs after the app's own lifespan built engine and Redis: sessions can now dispatch.
+    state = app.state
+    dispatch.install(state.sessionmaker, dispatch.Dispatcher(state.redis, state.settings))
+    yield
+
+
+router = APIRouter(lifespan=lifespan)
+_ERR = error_responses(401, 403, 404, 422, 429)
+WaitQuery = Annotated[
+    float | None,
+    Query(ge=0, le=MAX_WAIT_SECONDS, description="Wait up to N seconds for the run to finish"),
+]
+
+
+@router.post(
+    "/projects/{project_id}/agents/{agent_id}/runs",
+    response_model=RunOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    operation_id="submit_run",
+    summary="Submit a run to an agent (queued; ?wait=N answers 200 if it ends within N s)",
+    responses={
+        **_ERR,
+        **error_responses(402, 409),
+        200: {"model": RunOut, "description": "Finished within `wait` seconds"},
+    },
+    dependencies=[rate_limit("runs.submit", "60/minute")],
+)
+async def submit_run(
+    agent_id: uuid.UUID,
+    body: RunCreate,
+    ctx: RunWriter,
+    session: Session,
+    request: Request,
+    wait: WaitQuery = None,
+    idempotency_key: IdempotencyKeyHeader = None,
+):
+    async def create() -> Outcome:
+        run = await service.submit(session, ctx, agent_id, body)
+        headers = {"Location": service.location(ctx.project.id, run.id)}
+        return Outcome(202, RunOut.model_validate(run), headers)
+
+    result = await run_idempotent(
+        session,
+        key=idempotency_key,
+        principal=ctx.principal.identity,
+        scope=f"runs.submit:{agent_id}",
+        payload=body,
+        create=create,
+    )
+    if not wait:
+        return _with_limits(request, respond(result))
+    await commit(session)  # the run exists and is enqueued before we wait for it
+    run_id = result.body.id if isinstance(result, Outcome) else uuid.UUID(result.body["id"])
+    state = request.app.state
+    run = await service.wait_for(state.sessionmaker, state.redis, ctx.project.id, run_id, wait)
+    done = RunStatus(run.status) in FINISHED
+    headers = {"Location": service.location(ctx.project.id, run.id)}
+    return _with_limits(request, JSONResponse(run_json(run), 200 if done else 202, headers))
+
+
+def _with_limits(request: Request, response: JSONResponse) -> JSONResponse:
+    """Returned responses bypass FastAPI's header merge: carry the rate-limit headers here."""
+    response.headers.update(getattr(request.state, "rate_limit_headers", None) or {})
+    return response
+
+
+@router.get(
+    "/projects/{project_id}/runs",
+    response_model=Page[RunOut],
+    operation_id="list_runs",
+    summary="List the project's runs, newest first",
+    responses=_ERR,
+    dependencies=[rate_limit("runs.list", "120/minute")],
+)
+async def list_runs(
+    ctx: RunReader,
+    session: Session,
+    paging: Paging,
+    agent_id: uuid.UUID | None = None,
+    status: RunStatus | None = None,
+):
+    items, total = await service.list_runs(session, ctx, paging, agent_id=agent_id, status=status)
+    return paging.build(items, total)
+
+
+@router.get(
+    "/projects/{project_id}/runs/{run_id}",
+    response_model=RunOut,
+    operation_id="get_run",
+    summary="Get a run",
+    responses=_ERR,
+    dependencies=[rate_limit("runs.get", "120/minute")],
+)
+async def get_run(run_id: uuid.UUID, ctx: RunReader, session: Session):
+    return await service.get(session, ctx, run_id)
+
+
+@router.post(
+    "/projects/{project_id}/runs/{run_id}/cancel",
+    response_model=RunOut,
+    operation_id="cancel_run",
+    summary="Cancel a run (queued: at once; running: its worker stops within seconds)",
+    responses=_ERR,
+    dependencies=[rate_limit("runs.cancel", "30/minute")],
+)
+async def cancel_run(run_id: uuid.UUID, ctx: RunWriter, session: Session):
+    return await service.cancel(session, ctx, run_id)
+
+
+@router.get(
+    "/projects/{project_id}/runs/{run_id}/events",
+    operation_id="stream_run_events",
+    summary="Server-Sent Events of a run: status, delta, usage, then end",
+    description=(
+        "`text/event-stream`. Each event has an `id:` (monotonic within the run), an `event:` "
+        "name and JSON `data:`. `: keep-alive` comments while the run is quiet. Reconnect "
+        "with `Last-Event-ID` to receive only what came after it. Accepts `?access_token=` "
+        "for EventSource, which cannot send headers."
+    ),
+    response_class=StreamingResponse,
+    responses={
+        **_ERR,
+        200: {
+            "description": "The run's event stream",
+            "content": {
+                "text/event-stream": {
+                    "example": 'id: 1712345678901-0\nevent: status\ndata: {"status": "queued"}\n\n'
+                }
+            },
+        },
+    },
+)
+async def stream_run_events(
+    run_id: uuid.UUID,
+    ctx: StreamReader,
+    session: Session,
+    request: Request,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
+) -> StreamingResponse:
+    await service.get(session, ctx, run_id)  # 404 before the stream starts
+    state = request.app.state
+
+    async def events() -> AsyncIterator[str]:
+        async for event in streams.follow(
+            state.redis,
+            state.sessionmaker,
+            ctx.project.id,
+            run_id,
+            last_event_id=last_event_id,
+            keepalive=state.settings.SSE_KEEPALIVE_SECONDS,
+        ):
+            yield ": keep-alive\n\n" if event is None else event.sse()
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    headers.update(getattr(request.state, "rate_limit_headers", None) or {})
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+@router.websocket("/projects/{project_id}/agents/{agent_id}/ws", name="agent_ws")
+async def agent_ws(
+    websocket_: WebSocket,
+    project_id: uuid.UUID,
+    agent_id: uuid.UUID,
+    access_token: Annotated[str | None, Query(max_length=4096)] = None,
+    api_key: Annotated[str | None, Query(max_length=256)] = None,
+) -> None:
+    # Non-browser clients may send the usual headers instead.
+    bearer = websocket_.headers.get("authorization", "")
+    token = access_token or (bearer[7:] if bearer.lower().startswith("bearer ") else None)
+    api_key = api_key or websocket_.headers.get("x-api-key")
+    await websocket.serve(websocket_, project_id, agent_id, token=token, api_key=api_key)

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from backend.agent_types.schemas import JsonObject, Money, text
+from backend.core.schemas import Schema
+from backend.runs.models import Run, RunStatus
+
+RunInput = text(100_000, min_length=1)
+# Per-attempt limit; the same bound as an agent type's timeout_seconds.
+MAX_TIMEOUT_SECONDS = 3600
+MAX_WAIT_SECONDS = 300
+
+
+class RunCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"input": "Summarize ticket #42", "metadata": {"ticket": 42}}]
+        },
+    )
+    input: RunInput
+    metadata: JsonObject = {}
+    timeout_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_TIMEOUT_SECONDS,
+        description="Per-attempt timeout; defaults to the agent type's timeout_seconds",
+    )
+
+
+class RunError(BaseModel):
+    code: str
+    message: str
+
+
+class RunUsage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    total_tokens: int
+    cost_usd: Money = Field(description="Known cost; a lower bound when cost_unknown")
+    cost_unknown: bool = Field(description="Some call's model has no known price")
+
+
+class RunOut(Schema):
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0d6f3c8e-8a55-4c51-9a3e-5b3f4c1c2d7a",
+                    "project_id": "5f0c6c1e-0c0e-4a51-9d5a-0d7f3e2c9b11",
+                    "agent_id": "6f1c2a5e-3b7d-4c1e-9a0b-2d4e6f8a1c3e",
+                    "status": "succeeded",
+                    "input": "hello",
+                    "output": "echo: hello",
+                    "error": None,
+                    "attempt": 1,
+                    "model": "fake-1",
+                    "provider": "fake",
+                    "usage": {
+                        "input_tokens": 1,
+                        "output_tokens": 2,
+                        "cache_read_tokens": 0,
+                        "cache_write_tokens": 0,
+                        "total_tokens": 3,
+                        "cost_usd": 0.0,
+                        "cost_unknown": False,
+                    },
+                    "metadata": {},
+                    "created_at": "2025-01-01T00:00:00Z",
+                    "started_at": "2025-01-01T00:00:00.010Z",
+                    "finished_at": "2025-01-01T00:00:00.020Z",
+                }
+            ]
+        },
+    )
+    id: uuid.UUID
+    project_id: uuid.UUID
+    agent_id: uuid.UUID
+    status: RunStatus
+    input: str
+    output: str | None
+    error: RunError | None
+    attempt: int = Field(description="Attempts started so far (1 on the first)")
+    model: str
+    provider: str
+    usage: RunUsage = Field(description="Every attempt's provider calls, each counted once")
+    metadata: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_run(cls, value: Any) -> Any:
+        # `Run.metadata` is SQLAlchemy's MetaData: read the column attribute instead.
+        return run_fields(value) if isinstance(value, Run | RunRow) else value
+
+
+class RunRow:
+    """A `runs` row fetched as a mapping (the worker's SQL results), read like a Run."""
+
+    __slots__ = ("_row",)
+
+    def __init__(self, row: Mapping[str, Any]) -> None:
+        self._row = row
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._row["metadata" if name == "run_metadata" else name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def run_fields(run: Run | RunRow) -> dict[str, Any]:
+    tokens = (run.input_tokens, run.output_tokens, run.cache_read_tokens, run.cache_write_tokens)
+    return {
+        "id": run.id,
+        "project_id": run.project_id,
+        "agent_id": run.agent_id,
+        "status": run.status,
+        "input": run.input,
+        "output": run.output,
+        "error": run.error,
+        "attempt": run.attempt,
+        "model": run.model,
+        "provider": run.provider,
+        "usage": {
+            "input_tokens": run.input_tokens,
+            "output_tokens": run.output_tokens,
+            "cache_read_tokens": run.cache_read_tokens,
+            "cache_write_tokens": run.cache_write_tokens,
+            "total_tokens": sum(tokens),
+            "cost_usd": run.cost_usd,
+            "cost_unknown": run.cost_unknown,
+        },
+        "metadata": run.run_metadata,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+    }
+
+
+def run_json(run: Run | RunRow) -> dict[str, Any]:
+    """The run object as JSON-ready data (stream `end` events, replayed responses)."""
+    return RunOut.model_validate(run).model_dump(mode="json")

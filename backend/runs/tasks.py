@@ -1,0 +1,221 @@
+"""ARQ jobs of the runs domain, the worker heartbeat, and recovery (sweeper and reaper).
+
+- `execute_run`: one attempt of one run (see executor).
+- heartbeat (a task per worker, not a job): every WORKER_HEARTBEAT_SECONDS it refreshes the
+  worker's liveness key `agentry:workers:<id>` (TTL WORKER_TTL_SECONDS) and, in one UPDATE,
+  `heartbeat_at` of the runs it is executing; a run it no longer owns (cancelled, recovered)
+  has its provider call cancelled.
+- `sweep_runs` (cron): every agent that could start a run (idle or waiting) gets its oldest
+  queued run enqueued again. Job ids make that a no-op while the job exists, so it only
+  repairs lost enqueues and a lost (flushed) queue.
+- `reap_runs` (cron): a running run whose heartbeat is older than its attempt timeout + grace,
+  or whose worker's liveness key is gone and heartbeat is stale, is retried (back to queued,
+  a new attempt) while retries remain, else failed; its agent leaves `working`. ARQ would only
+  re-run a SIGKILLed job after its in-progress key expires (job timeout + 10 s): we do not wait
+  for that, and when that stale job does come back the claim refuses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from arq.constants import abort_jobs_ss
+from arq.utils import timestamp_ms
+from redis.exceptions import RedisError
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import distinct_on
+
+from backend.agent_types.models import AgentType
+from backend.agents.models import Agent, AgentStatus
+from backend.core.db import commit, utcnow
+from backend.runs import executor, outcomes
+from backend.runs import service as runs_service
+from backend.runs import state as run_state
+from backend.runs.executor import WorkerState
+from backend.runs.models import Run, RunStatus
+from backend.usage import service as usage
+from backend.usage.service import WORKER_KEY_PREFIX
+
+log = structlog.get_logger()
+
+# ARQ keeps aborts of ids it never saw running forever (arq#485); older ones are dropped.
+ABORT_MAX_AGE_MS = 60_000
+SWEEP_BATCH = 1000
+# A queued run touched this recently is someone else's to enqueue (e.g. a retry's deferral).
+SWEEP_MIN_AGE = timedelta(seconds=1)
+LOST_WORKER_ERROR = {
+    "code": "worker_lost",
+    "message": "The worker running this run stopped responding",
+}
+
+
+def worker_key(worker_id: str) -> str:
+    return f"{WORKER_KEY_PREFIX}{worker_id}"
+
+
+async def execute_run(ctx: dict[str, Any], run_id: str, attempt: int) -> str:
+    return await executor.execute(ctx["runs"], uuid.UUID(run_id), int(attempt))
+
+
+async def heartbeat_loop(w: WorkerState) -> None:
+    while True:
+        try:
+            await beat(w)
+        except Exception:  # noqa: BLE001 - a missed beat is recovered by the next one
+            log.warning("worker_heartbeat_failed", worker_id=w.worker_id, exc_info=True)
+        await asyncio.sleep(w.settings.WORKER_HEARTBEAT_SECONDS)
+
+
+async def beat(w: WorkerState) -> None:
+    info = {"pid": os.getpid(), "running": len(w.active), "at": utcnow().isoformat()}
+    ttl_ms = int(w.settings.WORKER_TTL_SECONDS * 1000)
+    await w.dispatcher.redis.set(worker_key(w.worker_id), json.dumps(info), px=ttl_ms)
+    ids = list(w.active)
+    if not ids:
+        return
+    mine = (
+        select(Run.id)
+        .where(
+            Run.id.in_(ids),
+            Run.status == RunStatus.running.value,
+            Run.worker_id == w.worker_id,
+        )
+        .order_by(Run.id)  # the lock order of every multi-row locker of runs
+        .with_for_update()
+        .cte("mine")
+    )
+    async with w.sessionmaker() as session:
+        alive = set(
+            await session.scalars(
+                update(Run)
+                .where(Run.id == mine.c.id)
+                .values(heartbeat_at=func.now())
+                .returning(Run.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        await session.commit()
+    for run_id in ids:
+        task = w.active.get(run_id)
+        if run_id not in alive and task is not None:
+            task.cancel()  # cancelled or recovered elsewhere: stop paying for it
+
+
+async def sweep_runs(ctx: dict[str, Any]) -> int:
+    w: WorkerState = ctx["runs"]
+    async with w.sessionmaker() as session:
+        heads = (
+            select(Run.id, Run.attempt, Run.updated_at)
+            .join(Agent, Agent.id == Run.agent_id)
+            .where(
+                Run.status == RunStatus.queued.value,
+                Agent.status.in_([AgentStatus.idle.value, AgentStatus.waiting.value]),
+            )
+            .order_by(Run.agent_id, Run.seq)
+            .ext(distinct_on(Run.agent_id))
+            .limit(SWEEP_BATCH)
+        )
+        rows = (await session.execute(heads)).all()
+        now = await session.scalar(select(func.now()))
+    enqueued = 0
+    for run_id, attempt, updated_at in rows:
+        if updated_at > now - SWEEP_MIN_AGE:
+            continue
+        enqueued += await w.dispatcher.enqueue(run_id, attempt)
+    await w.dispatcher.redis.zremrangebyscore(
+        abort_jobs_ss, "-inf", timestamp_ms() - ABORT_MAX_AGE_MS
+    )
+    if enqueued:
+        log.info("runs_swept", enqueued=enqueued)
+    return enqueued
+
+
+async def reap_runs(ctx: dict[str, Any]) -> int:
+    w: WorkerState = ctx["runs"]
+    stale = timedelta(seconds=2 * w.settings.WORKER_HEARTBEAT_SECONDS)
+    grace = w.settings.RUN_REAP_GRACE_SECONDS
+    async with w.sessionmaker() as session:
+        limit = func.coalesce(Run.timeout_seconds, AgentType.timeout_seconds)
+        rows = (
+            await session.execute(
+                select(
+                    Run.id,
+                    Run.agent_id,
+                    Run.worker_id,
+                    Run.heartbeat_at,
+                    Run.attempt,
+                    AgentType.max_retries,
+                    limit.label("timeout"),
+                    func.now().label("now"),
+                )
+                .join(Agent, Agent.id == Run.agent_id)
+                .join(AgentType, AgentType.id == Agent.agent_type_id)
+                .where(
+                    Run.status == RunStatus.running.value,
+                    Run.heartbeat_at < func.now() - min(stale, timedelta(seconds=1 + grace)),
+                )
+            )
+        ).all()
+    if not rows:
+        return 0
+    dead = await _dead_workers(w, {r.worker_id for r in rows if r.worker_id})
+    reaped = 0
+    for r in rows:
+        age = (r.now - r.heartbeat_at).total_seconds()
+        if age > r.timeout + grace or (r.worker_id in dead and age > stale.total_seconds()):
+            reaped += await reap_one(w, r)
+    if reaped:
+        log.warning("runs_reaped", count=reaped)
+    return reaped
+
+
+async def _dead_workers(w: WorkerState, worker_ids: set[str]) -> set[str]:
+    """Workers whose liveness key is gone; none when Redis cannot tell (timeout rule only)."""
+    ordered = sorted(worker_ids)
+    try:
+        async with w.dispatcher.redis.pipeline(transaction=False) as pipe:
+            for worker_id in ordered:
+                pipe.exists(worker_key(worker_id))
+            found = await pipe.execute()
+    except (RedisError, OSError):
+        return set()
+    return {worker_id for worker_id, n in zip(ordered, found, strict=True) if not n}
+
+
+async def reap_one(w: WorkerState, r: Any) -> int:
+    """Retry (back to queued, next attempt) while retries remain, else fail; free the agent."""
+    retry = r.attempt <= r.max_retries
+    async with w.sessionmaker() as session:
+        await runs_service.lock_agent(session, r.agent_id)
+        values: dict[str, Any] = {"error": LOST_WORKER_ERROR, "worker_id": None}
+        if retry:
+            values["heartbeat_at"] = None
+        else:
+            values["finished_at"] = utcnow()
+        moved = await run_state.transition_one(
+            session,
+            r.id,
+            RunStatus.queued if retry else RunStatus.failed,
+            only_from={RunStatus.running},
+            # Only if no heartbeat arrived since we looked.
+            guard=[Run.heartbeat_at == r.heartbeat_at, Run.worker_id == r.worker_id],
+            **values,
+        )
+        if moved is None:
+            return 0
+        run = moved[0]
+        if retry:
+            await outcomes.requeued(session, run.id, run.agent_id, run.attempt, delay=None)
+        else:
+            await usage.record_run_finished(session, run)
+            await runs_service.release_agent(session, run.agent_id, run.id, reason="worker lost")
+            runs_service.notify_end(session, run)
+        await commit(session)
+    log.warning("run_reaped", run_id=str(r.id), worker_id=r.worker_id, retried=retry)
+    return 1

@@ -1,0 +1,231 @@
+"""Read side of usage: project metrics and admin metrics, from pre-aggregated rollups.
+
+Project metrics scan only the project's hourly rollup rows in the window (primary key
+``(project_id, bucket, …)``), in one statement (GROUPING SETS): their cost grows with hours ×
+agents × models, never with the number of runs.
+
+Resolution: hourly buckets for the last USAGE_HOURLY_RETENTION_DAYS whole days; maintenance
+merges older hours into one bucket per UTC day (midnight), sums unchanged.
+
+Cost semantics: ``cost_usd`` is the sum of known costs; ``cost_unknown_calls`` counts provider
+calls whose model has no price. When every call of a group is unpriced, ``cost_usd`` is null
+(unknown, never 0); when only some are, it is a lower bound and ``cost_unknown_calls`` > 0.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+from sqlalchemy import Row, func, literal_column, select, text, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.agents.models import Agent
+from backend.core.db import utcnow
+from backend.projects.models import Project
+from backend.runs.models import Run, RunStatus
+from backend.usage.models import UsageRollup as R
+from backend.usage.service import WORKER_KEY_PREFIX, month_usage
+
+Granularity = Literal["hour", "day"]
+STATUSES = ("succeeded", "failed", "cancelled", "timed_out")
+_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+_SUMS = ("runs", *STATUSES, "calls", *_TOKENS, "cost_usd", "unknown_cost_calls")
+
+
+def _sums() -> list[Any]:
+    return [func.coalesce(func.sum(getattr(R, name)), 0).label(name) for name in _SUMS]
+
+
+def _usage(row: Any) -> dict[str, Any]:
+    """A group's counters as the API shows them (see the module docstring for cost_usd)."""
+    out = {name: int(getattr(row, name)) for name in ("runs", *STATUSES, "calls", *_TOKENS)}
+    out["total_tokens"] = sum(out[name] for name in _TOKENS)
+    unknown = int(row.unknown_cost_calls)
+    out["cost_unknown_calls"] = unknown
+    all_unknown = unknown > 0 and unknown == out["calls"]
+    out["cost_usd"] = None if all_unknown else Decimal(row.cost_usd)
+    return out
+
+
+async def project_metrics(
+    session: AsyncSession,
+    project: Project,
+    *,
+    start: datetime | None,
+    end: datetime | None,
+    granularity: Granularity,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Totals, per agent, per model and a time series over hourly buckets starting in [start, end)."""
+    rows = await _grouped(session, project.id, start, end, granularity)
+    totals = next(r for r in rows if r.g_agent and r.g_model and r.g_series)
+    by_agent = [
+        {"agent_id": r.agent_id, "name": r.name, **_usage(r)} for r in rows if not r.g_agent
+    ]
+    by_model = [
+        {"provider": r.provider, "model": r.model, **_usage(r)} for r in rows if not r.g_model
+    ]
+    series = [{"bucket": r.series, **_usage(r)} for r in rows if not r.g_series]
+    by_agent.sort(key=lambda a: (-a["total_tokens"], -a["runs"], str(a["agent_id"])))
+    by_model.sort(key=lambda m: (m["provider"], m["model"]))
+    series.sort(key=lambda s: s["bucket"])
+    return {
+        "window": {"from": start, "to": end, "granularity": granularity},
+        "totals": _usage(totals),
+        "by_agent": by_agent,
+        "by_model": by_model,
+        "series": series,
+        "budget": await _budget(session, project, now or utcnow()),
+    }
+
+
+async def _grouped(
+    session: AsyncSession,
+    project_id: uuid.UUID,
+    start: datetime | None,
+    end: datetime | None,
+    granularity: Granularity,
+) -> list[Row[Any]]:
+    # Literals, not bind parameters: GROUP BY must match the select list's expression.
+    series = (
+        R.bucket
+        if granularity == "hour"
+        else func.date_trunc(literal_column("'day'"), R.bucket, literal_column("'UTC'"))
+    )
+    where = [R.project_id == project_id]
+    if start is not None:
+        where.append(R.bucket >= start)
+    if end is not None:
+        where.append(R.bucket < end)
+    grouped = (
+        select(
+            func.grouping(R.agent_id).label("g_agent"),
+            func.grouping(R.provider, R.model).label("g_model"),
+            func.grouping(series).label("g_series"),
+            R.agent_id,
+            R.provider,
+            R.model,
+            series.label("series"),
+            *_sums(),
+        )
+        .where(*where)
+        .group_by(
+            func.grouping_sets(
+                text("()"), tuple_(R.agent_id), tuple_(R.provider, R.model), tuple_(series)
+            )
+        )
+        .cte("grouped")
+    )
+    query = select(grouped, Agent.name).outerjoin(Agent, Agent.id == grouped.c.agent_id)
+    return list((await session.execute(query)).all())
+
+
+async def _budget(session: AsyncSession, project: Project, now: datetime) -> dict[str, Any] | None:
+    cost_limit, token_limit = project.monthly_cost_limit_usd, project.monthly_token_limit
+    if cost_limit is None and token_limit is None:
+        return None
+    cost, tokens = await month_usage(session, project.id, now=now)
+    exhausted = (cost_limit is not None and cost >= cost_limit) or (
+        token_limit is not None and tokens >= token_limit
+    )
+    return {
+        "monthly_cost_limit_usd": cost_limit,
+        "monthly_token_limit": token_limit,
+        "month_cost_usd": cost,
+        "month_tokens": tokens,
+        "exhausted": exhausted,
+    }
+
+
+async def runs_by_status(session: AsyncSession) -> dict[str, int]:
+    """Live statuses from the runs table (partial index), finished ones from the rollups."""
+    live = dict(
+        (
+            await session.execute(
+                select(Run.status, func.count())
+                .where(Run.status.in_([RunStatus.queued, RunStatus.running]))
+                .group_by(Run.status)
+            )
+        ).all()
+    )
+    finished = (
+        await session.execute(
+            select(*(func.coalesce(func.sum(getattr(R, s)), 0).label(s) for s in STATUSES))
+        )
+    ).one()
+    counts = {"queued": live.get("queued", 0), "running": live.get("running", 0)}
+    counts.update({name: int(getattr(finished, name)) for name in STATUSES})
+    return counts
+
+
+async def usage_totals(session: AsyncSession) -> dict[str, Any]:
+    """Usage over every project, deleted ones included."""
+    row = (await session.execute(select(*_sums()))).one()
+    return _usage(row)
+
+
+async def usage_by_model(session: AsyncSession) -> list[Row[Any]]:
+    query = select(R.provider, R.model, *_sums()).group_by(R.provider, R.model)
+    return list((await session.execute(query)).all())
+
+
+async def run_durations(session: AsyncSession, *, now: datetime | None = None) -> dict[str, Any]:
+    """p50 / p95 of (finished_at - started_at) over runs finished in the hour before ``now``."""
+    now = now or utcnow()
+    seconds = func.extract("epoch", Run.finished_at - Run.started_at)
+    row = (
+        await session.execute(
+            select(
+                func.count(),
+                func.percentile_cont(0.5).within_group(seconds),
+                func.percentile_cont(0.95).within_group(seconds),
+            ).where(
+                Run.finished_at >= now - timedelta(hours=1),
+                Run.finished_at <= now,
+                Run.started_at.is_not(None),
+            )
+        )
+    ).one()
+    count, p50, p95 = row
+    return {
+        "window_seconds": 3600,
+        "count": count,
+        "p50_seconds": None if p50 is None else round(float(p50), 3),
+        "p95_seconds": None if p95 is None else round(float(p95), 3),
+    }
+
+
+async def queue_depth(redis: Redis, queue_name: str) -> int | None:
+    """Jobs waiting in the ARQ queue (a sorted set); None when Redis does not answer."""
+    try:
+        return int(await redis.zcard(queue_name))
+    except Exception:  # noqa: BLE001 - Redis down: metrics still answer, from Postgres
+        return None
+
+
+async def workers_alive(redis: Redis) -> list[str] | None:
+    """Ids of workers whose heartbeat key has not expired; None when Redis does not answer."""
+    try:
+        keys = [k async for k in redis.scan_iter(match=f"{WORKER_KEY_PREFIX}*", count=500)]
+    except Exception:  # noqa: BLE001 - see queue_depth
+        return None
+    return sorted(
+        (k.decode() if isinstance(k, bytes) else k).removeprefix(WORKER_KEY_PREFIX) for k in keys
+    )
+
+
+async def admin_metrics(
+    session: AsyncSession, redis: Redis, queue_name: str, *, now: datetime | None = None
+) -> dict[str, Any]:
+    workers = await workers_alive(redis)
+    return {
+        "queue_depth": await queue_depth(redis, queue_name),
+        "runs_by_status": await runs_by_status(session),
+        "run_duration_last_hour": await run_durations(session, now=now),
+        "workers": {"alive": None if workers is None else len(workers), "ids": workers},
+        "usage": await usage_totals(session),
+    }

@@ -1,0 +1,434 @@
+"""ARQ worker: `arq backend.worker.WorkerSettings` (or `agentry worker`), or in-process
+with `await run_worker(settings)` (`agentry dev`, tests).
+
+ctx built at startup: settings, engine, sessionmaker (its sessions can dispatch runs),
+redis (ARQ's pool), runs (the executor's WorkerState), and the heartbeat task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+import signal
+import socket
+import uuid
+from typing import Any
+
+import hiredis
+import structlog
+from arq import cron, func
+from arq.connections import ArqRedis, RedisSettings, create_pool, log_redis_info
+from arq.constants import (
+    abort_jobs_ss,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from arq.utils import timestamp_ms, to_ms
+from arq.worker import Worker
+from redis.commands.core import AsyncScript
+
+from backend.config import Settings, get_settings
+from backend.core.db import create_engine, create_sessionmaker
+from backend.core.logging import configure_logging
+from backend.runs import dispatch, pipeline, tasks
+from backend.runs.executor import WorkerState
+from backend.runs.schemas import MAX_TIMEOUT_SECONDS
+from backend.usage.tasks import maintenance
+
+log = structlog.get_logger()
+
+# Longer than any attempt (attempts time themselves out); ARQ's timeout is only a backstop.
+JOB_TIMEOUT_SECONDS = MAX_TIMEOUT_SECONDS + 60
+CRON_TIMEOUT_SECONDS = 60
+ORM_POOL_SIZE = 5
+# A woken poll loop still waits this long: the jobs that end together are replaced together.
+MIN_POLL_GAP_SECONDS = 0.002
+# KEYS: the queue, then each candidate's in-progress key; ARGV: how many to take, now (ms),
+# the in-progress TTL (ms), then the candidates' ids. Takes the candidates that are due and not
+# in progress anywhere, in order, marking them in progress: arq's per-job WATCH/EXISTS/ZSCORE/
+# MULTI check, for a batch, atomically.
+_TAKE_JOBS = """
+local taken = {}
+local queue, abort_set = KEYS[1], KEYS[2]
+local limit, now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local in_progress, job_prefix, retry_prefix = ARGV[4], ARGV[5], ARGV[6]
+for i = 7, #ARGV do
+  if #taken >= 5 * limit then break end
+  local id = ARGV[i]
+  if redis.call('EXISTS', in_progress .. id) == 0 then
+    local score = redis.call('ZSCORE', queue, id)
+    if score and tonumber(score) <= now then
+      redis.call('PSETEX', in_progress .. id, ttl, '1')
+      local tries = redis.call('INCR', retry_prefix .. id)
+      redis.call('EXPIRE', retry_prefix .. id, 88400)
+      taken[#taken + 1] = id
+      taken[#taken + 1] = score
+      taken[#taken + 1] = redis.call('GET', job_prefix .. id)
+      taken[#taken + 1] = tries
+      taken[#taken + 1] = redis.call('ZREM', abort_set, id)
+    end
+  end
+end
+return taken
+"""
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx["settings"]
+    # Runs are claimed and concluded on the pipeline's asyncpg pool; the ORM engine serves
+    # only the heartbeat, the sweeper, the reaper and maintenance: a few connections.
+    engine = create_engine(
+        settings.DATABASE_URL,  # type: ignore[arg-type]
+        pool_size=min(settings.DB_POOL_SIZE, ORM_POOL_SIZE),
+        max_overflow=min(settings.DB_MAX_OVERFLOW, ORM_POOL_SIZE),
+    )
+    sessionmaker = create_sessionmaker(engine)
+    dispatcher = dispatch.Dispatcher(ctx["redis"], settings)
+    if isinstance(ctx.get("worker"), AgentryWorker):
+        dispatcher.on_enqueue = ctx["worker"].wake  # its next poll takes the job at once
+    dispatch.install(sessionmaker, dispatcher)
+    worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    db = await pipeline.Pipeline.connect(settings, worker_id)
+    state = WorkerState(sessionmaker, dispatcher, settings, worker_id, db)
+    ctx.update(engine=engine, sessionmaker=sessionmaker, runs=state)
+    await tasks.beat(state)  # alive before the first job
+    ctx["heartbeat"] = asyncio.create_task(tasks.heartbeat_loop(state))
+    log.info("worker_started", worker_id=worker_id, queue=settings.QUEUE_NAME)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    heartbeat: asyncio.Task[None] | None = ctx.pop("heartbeat", None)
+    if heartbeat is not None:
+        heartbeat.cancel()
+    state: WorkerState | None = ctx.get("runs")
+    if state is not None:
+        await state.dispatcher.events.flush()  # the last runs' events
+        try:
+            await state.dispatcher.redis.delete(tasks.worker_key(state.worker_id))
+        except Exception:  # noqa: BLE001 - the key expires anyway
+            log.warning("worker_key_delete_failed", exc_info=True)
+    if state is not None:
+        await state.db.close()
+    engine = ctx.pop("engine", None)
+    if engine is not None:
+        await engine.dispose()
+
+
+def worker_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of arq.Worker for these settings."""
+    if not settings.DATABASE_URL or not settings.REDIS_URL:
+        raise RuntimeError("DATABASE_URL and REDIS_URL must be set to run a worker")
+    every = set(range(0, 60, settings.RUN_SWEEP_INTERVAL_SECONDS))
+    return {
+        "functions": [
+            func(
+                tasks.execute_run,
+                name=dispatch.EXECUTE_RUN,
+                timeout=JOB_TIMEOUT_SECONDS,
+                max_tries=1,  # retries are ours (new attempt, new job id), never ARQ's
+                keep_result=0,  # a finished job's id is free again at once
+            )
+        ],
+        "cron_jobs": [
+            cron(tasks.sweep_runs, second=every, run_at_startup=True, timeout=CRON_TIMEOUT_SECONDS),
+            cron(tasks.reap_runs, second=every, timeout=CRON_TIMEOUT_SECONDS),
+            # the usage domain's hourly purge/compaction (idempotency keys, rollups, streams)
+            cron(maintenance, minute={7}, second={0}, timeout=600),
+        ],
+        "queue_name": settings.QUEUE_NAME,
+        "redis_settings": RedisSettings.from_dsn(settings.REDIS_URL),
+        "max_jobs": settings.WORKER_MAX_JOBS,
+        "poll_delay": settings.WORKER_POLL_DELAY_SECONDS,
+        "job_timeout": JOB_TIMEOUT_SECONDS,
+        "keep_result": 0,
+        "allow_abort_jobs": True,
+        "health_check_interval": 60,
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "ctx": {"settings": settings},
+    }
+
+
+class _Fetched:
+    """A view of the pool for one job's run_job whose first pipeline (the job, its try count,
+    its abort) answers what the take script already read."""
+
+    def __init__(self, pool: Any, results: list[Any]) -> None:
+        self._pool, self._results = pool, results
+
+    def pipeline(self, **kwargs: Any) -> Any:
+        if self._results is None:
+            return self._pool.pipeline(**kwargs)
+        results, self._results = self._results, None
+        return _Answered(results)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+
+class _Answered:
+    def __init__(self, results: list[Any]) -> None:
+        self._results = results
+
+    async def __aenter__(self) -> _Answered:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None  # get, incr, expire, zrem: already done
+
+    async def execute(self) -> list[Any]:
+        return self._results
+
+
+class _JobView:
+    """The worker, as one run_job sees it: its pool answers the job's first pipeline."""
+
+    def __init__(self, worker: Worker, pool: _Fetched) -> None:
+        object.__setattr__(self, "_worker", worker)
+        object.__setattr__(self, "pool", pool)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._worker, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._worker, name, value)
+
+
+class _HiredisPacking:
+    """A redis-py asyncio connection that packs commands with hiredis (the asyncio client
+    packs them in Python, ~8x slower: the worker's largest Redis cost per run)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        # As redis-py's: a command name with spaces ("CONFIG GET") is sent as several args.
+        if isinstance(args[0], str):
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        return [hiredis.pack_command(args)]
+
+
+async def _pack_with_hiredis(redis: ArqRedis) -> None:
+    pool = redis.connection_pool
+    base = pool.connection_class
+    pool.connection_class = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
+    await pool.disconnect()
+    pool.reset()  # the connections made so far are dropped; new ones use the class
+
+
+class AgentryWorker(Worker):
+    """arq's Worker (0.28, pinned) made cheap per job, its semantics kept:
+    - start_jobs takes the due jobs of a poll, with what run_job's first round trip reads
+      (the job, its try count, its abort), in one script call: arq checks and marks each job
+      with four round trips, one job after the other, re-checking at every poll the jobs this
+      worker already runs, then reads each with a fifth;
+    - finish_job finishes the jobs that end together in one MULTI/EXEC;
+    - main polls also when a job ends or this process enqueues one, and packs commands with
+      hiredis;
+    - close() always completes.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._wake = asyncio.Event()
+        self._take_jobs: AsyncScript | None = None
+        self._finishing: pipeline.Batcher[tuple[Any, ...], None] | None = None
+
+    async def main(self) -> None:
+        """arq 0.28's Worker.main, with this worker's Redis connections packing with hiredis
+        and a poll loop that also wakes when a job ends or this process enqueues one (a freed
+        slot or an agent's next run does not wait for the next poll)."""
+        if self._pool is None:
+            self._pool = await create_pool(
+                self.redis_settings,
+                job_deserializer=self.job_deserializer,
+                job_serializer=self.job_serializer,
+                default_queue_name=self.queue_name,
+                expires_extra_ms=self.expires_extra_ms,
+            )
+            await _pack_with_hiredis(self._pool)
+        await log_redis_info(self.pool, log.debug)
+        self.ctx.update(redis=self.pool, worker=self)
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            self._wake.clear()
+            await self._poll_iteration()
+            if self.burst and await self._burst_done():
+                return
+            await asyncio.sleep(MIN_POLL_GAP_SECONDS)
+            rest = self.poll_delay_s - (loop.time() - started)
+            if rest > 0 and not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(rest):
+                        await self._wake.wait()
+
+    async def _burst_done(self) -> bool:
+        if 0 <= self.max_burst_jobs <= self._jobs_started() or not await self.pool.zcard(
+            self.queue_name
+        ):
+            await asyncio.gather(*self.tasks.values())
+            return True
+        return False
+
+    def wake(self) -> None:
+        """Poll now rather than at the next poll_delay (a job this process just enqueued)."""
+        self._wake.set()
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self._wake.set()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        free = self.max_jobs - self.job_counter
+        candidates = [i for i in (j.decode() for j in job_ids) if i not in self.tasks]
+        if free <= 0 or not candidates:
+            return
+        if self._take_jobs is None:
+            self._take_jobs = self.pool.register_script(_TAKE_JOBS)
+        ttl_ms = int(self.in_progress_timeout_s * 1000)
+        prefixes = [in_progress_key_prefix, job_key_prefix, retry_key_prefix]
+        taken = await self._take_jobs(
+            keys=[self.queue_name, abort_jobs_ss],
+            args=[free, timestamp_ms(), ttl_ms, *prefixes, *candidates],
+        )
+        for n in range(0, len(taken), 5):
+            raw_id, raw_score, payload, tries, aborted = taken[n : n + 5]
+            await self.sem.acquire()  # never waits: `free` slots were available
+            self.job_counter += 1
+            job_id = raw_id.decode()
+            fetched = _Fetched(self.pool, [payload, tries, 1, aborted])
+            task = self.loop.create_task(
+                Worker.run_job(_JobView(self, fetched), job_id, int(float(raw_score)))  # type: ignore[arg-type]
+            )
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """arq's finish_job, with the jobs that finish together in one MULTI/EXEC."""
+        if self._finishing is None:
+            self._finishing = pipeline.Batcher(self._finish_jobs, key=lambda job: job[0])
+        job = (job_id, finish, result_data, result_timeout_s, keep_result_forever)
+        await self._finishing((*job, incr_score, keep_in_progress))
+
+    async def _finish_jobs(self, jobs: list[tuple[Any, ...]]) -> list[None]:
+        async with self.pool.pipeline(transaction=True) as tr:
+            for job in jobs:
+                self._finish_commands(tr, *job)
+            await tr.execute()
+        return [None] * len(jobs)
+
+    def _finish_commands(
+        self,
+        tr: Any,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        # The commands of arq 0.28's Worker.finish_job, for one job.
+        delete_keys = []
+        in_progress_key = in_progress_key_prefix + job_id
+        if keep_in_progress is None:
+            delete_keys.append(in_progress_key)
+        else:
+            tr.pexpire(in_progress_key, to_ms(keep_in_progress))
+        if finish:
+            if result_data:
+                expire = None if keep_result_forever else result_timeout_s
+                tr.set(result_key_prefix + job_id, result_data, px=to_ms(expire))
+            delete_keys += [retry_key_prefix + job_id, job_key_prefix + job_id]
+            tr.zrem(abort_jobs_ss, job_id)
+            tr.zrem(self.queue_name, job_id)
+        elif incr_score:
+            tr.zincrby(self.queue_name, incr_score, job_id)
+        if delete_keys:
+            tr.delete(*delete_keys)
+
+    async def close(self) -> None:
+        # arq's close() gathers its job tasks without return_exceptions: a task cancelled
+        # outside the job body would abort close() before on_shutdown and the pool close.
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)
+        pending = [*self.tasks.values(), *([self.main_task] if self.main_task else [])]
+        await asyncio.gather(*pending, return_exceptions=True)
+        if self._pool is None:
+            return
+        await self.pool.delete(self.health_check_key)
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        await self.pool.aclose(close_connection_pool=True)
+        self._pool = None
+
+
+async def run_worker(settings: Settings, *, burst: bool = False) -> Worker:
+    """Start a worker on the running event loop; stop it with `await worker.close()`.
+
+    With burst=True it stops by itself once the queue is empty (`await worker.main_task`).
+    """
+    worker = AgentryWorker(**worker_options(settings), burst=burst, handle_signals=False)
+    worker.main_task = asyncio.create_task(worker.main())
+    worker.main_task.add_done_callback(_log_crash)
+    return worker
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("worker_crashed", error=repr(task.exception()))
+
+
+def _settings_class() -> type:
+    settings = get_settings()
+    configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
+    return type("WorkerSettings", (), worker_options(settings))
+
+
+def main() -> None:
+    """`agentry worker`: a worker process until SIGINT/SIGTERM (a stopping worker requeues
+    its running runs)."""
+    settings = get_settings()
+    configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
+    _use_uvloop()
+    # What is loaded by now lives as long as the process: keep the collector from walking it
+    # again and again (a full collection stalled a burst of runs by ~0.2 s).
+    gc.collect()
+    gc.freeze()
+    AgentryWorker(**worker_options(settings)).run()
+
+
+def _use_uvloop() -> None:
+    """uvloop when installed (uvicorn[standard] brings it): less CPU per job than asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def __getattr__(name: str) -> Any:
+    # `arq backend.worker.WorkerSettings` reads settings when it asks, never at import.
+    if name == "WorkerSettings":
+        value = _settings_class()
+        globals()[name] = value
+        return value
+    raise AttributeError(name)

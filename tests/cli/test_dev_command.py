@@ -1,0 +1,105 @@
+"""`agentry dev` as a user runs it: embedded services, /ready, clean stop, restart on the same data."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "FIRST_SUPERUSER_EMAIL")
+    }
+    env.update(DATA_DIR=str(data_dir), PORT=str(port), LOG_LEVEL="WARNING")
+    return subprocess.Popen(
+        [sys.executable, "-m", "backend.cli", "dev"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    pytest.fail("agentry dev did not become ready")
+
+
+def _servers_under(data_dir: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["cwd"] or "")
+        if str(data_dir) in text and proc.pid != os.getpid():
+            found.append(proc)
+    return found
+
+
+def _login(port: int) -> str:
+    r = httpx.post(
+        f"http://127.0.0.1:{port}/api/v1/auth/login",
+        json={"email": "admin@example.com", "password": "agentry-admin"},
+    )
+    assert r.status_code == 200, r.text
+    return r.json()["access_token"]
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_dev_serves_stops_cleanly_and_reuses_data(stop_signal: signal.Signals) -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="agentry-dev-"))
+    port = _free_port()
+    proc = _start(data_dir, port)
+    try:
+        _wait_ready(proc, port)
+        token = _login(port)
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/projects",
+            json={"name": "Kept"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert r.status_code == 201, r.text
+        proc.send_signal(stop_signal)
+        output = proc.communicate(timeout=30)[0].decode()
+        assert "Agentry stopped." in output
+        assert _servers_under(data_dir) == []
+
+        proc = _start(data_dir, port)
+        _wait_ready(proc, port)
+        listed = httpx.get(
+            f"http://127.0.0.1:{port}/api/v1/projects",
+            headers={"Authorization": f"Bearer {_login(port)}"},
+        ).json()
+        assert [p["name"] for p in listed["data"]] == ["Kept"]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)
+        for leftover in _servers_under(data_dir):
+            leftover.kill()
