@@ -80,19 +80,33 @@ async def test_a_transition_needs_a_scope(world: World) -> None:
 async def test_concurrent_transitions_from_one_status_have_one_winner(
     world: World, engine: AsyncEngine
 ) -> None:
+    """Ten callers each move the run out of `running`: one wins, the rest see it gone.
+
+    `only_from` pins the source: without it running -> queued followed by queued ->
+    cancelled would be two legal transitions, not a lost race."""
     run = await _run_in(world, S.running)
     sessionmaker = create_sessionmaker(engine)
     targets = [S.succeeded, S.failed, S.cancelled, S.queued, S.timed_out] * 2
 
     async def attempt(to: RunStatus) -> bool:
         async with sessionmaker() as session:
-            moved = await state.transition_one(session, run.id, to)
+            moved = await state.transition_one(session, run.id, to, only_from=[S.running])
             await asyncio.sleep(0.05)  # hold the row lock a little: the others must wait
             await session.commit()
             return moved is not None
 
     results = await asyncio.gather(*(attempt(t) for t in targets))
     assert sum(results) == 1
+
+
+async def test_a_retry_then_a_cancel_are_two_legal_moves(world: World) -> None:
+    """Without `only_from`, queued is a source again once a retry put the run back."""
+    run = await _run_in(world, S.running)
+    assert await state.transition_one(world.db, run.id, S.queued) is not None
+    moved = await state.transition_one(world.db, run.id, S.cancelled)
+    assert moved is not None
+    assert moved[1] == S.queued
+    assert await state.transition_one(world.db, run.id, S.cancelled, only_from=[S.running]) is None
 
 
 def test_nothing_else_writes_run_status() -> None:
