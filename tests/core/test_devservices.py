@@ -240,9 +240,12 @@ async def test_sigkilled_parent_leaves_servers_and_next_start_cleans_up(
     assert redis_command("127.0.0.1", services.redis.port, "GET", "from-child") == b"1"
 
 
+# A shell that starts pytest as a background job (CI scripts, `cmd &`) sets SIGINT to SIG_IGN,
+# which children inherit and Python then honours; a terminal's foreground job has the default.
 CTRL_C_CHILD = """
-import sys, time
+import signal, sys, time
 from backend.core.devservices import EmbeddedServices
+signal.signal(signal.SIGINT, signal.default_int_handler)
 with EmbeddedServices(sys.argv[1]) as s:
     print(s.redis._proc.pid, flush=True)
     time.sleep(60)
