@@ -311,7 +311,7 @@ class EmbeddedPostgres:
         scratch.mkdir(mode=0o700)
         if self._user:
             os.chown(scratch, self._user.pw_uid, self._user.pw_gid)
-            _grant_traverse(self.data_dir)
+            self._grant_server_user_traverse()
         self._run(
             [
                 str(self._bin / "initdb"),
@@ -323,10 +323,15 @@ class EmbeddedPostgres:
         )
         scratch.rename(self.pgdata)
 
+    def _grant_server_user_traverse(self) -> None:
+        # Both the cluster and the binaries, which live in the venv (a fresh clone under a
+        # 0700 `mktemp -d` dir is unreachable for the server user until then).
+        _grant_traverse(self.data_dir)
+        _grant_traverse(self._bin.parent)
+
     def _prepare_dirs(self) -> None:
         if self._user:
-            _grant_traverse(self.data_dir)
-            _grant_traverse(self._bin.parent)
+            self._grant_server_user_traverse()
             if self.pgdata.stat().st_uid != self._user.pw_uid:
                 _chown_tree(self.pgdata, self._user)  # e.g. a cluster restored as root
         self.pgdata.chmod(0o700)  # postgres refuses group/world-accessible data dirs

