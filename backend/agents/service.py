@@ -166,7 +166,7 @@ async def _move(
     if to == AgentStatus.idle:
         await runs_service.on_agent_resumed(session, agent_id)
     elif to == AgentStatus.terminated:
-        await runs_service.cancel_agent_runs(session, agent_id, "agent terminated")
+        await runs_service.cancel_live_runs(session, "agent terminated", agent_id=agent_id)
     return agent
 
 
@@ -249,7 +249,7 @@ async def terminate_all(session: AsyncSession, ctx: ProjectContext, *, reason: s
         **_terminal_values(),
     )
     # Runs hook: these agents' queued and running runs are cancelled in this transaction.
-    await runs_service.cancel_project_runs(session, ctx.project.id, reason)
+    await runs_service.cancel_live_runs(session, reason, project_id=ctx.project.id)
     for agent_id in ids:
         _audit(session, ctx, "agent.terminate", agent_id, reason=reason)
 

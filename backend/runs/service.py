@@ -169,29 +169,20 @@ async def finish_cancelled(session: AsyncSession, run: Run, was: RunStatus) -> N
     notify_end(session, run)
 
 
-async def cancel_agent_runs(session: AsyncSession, agent_id: uuid.UUID, reason: str) -> int:
-    """Cancel the agent's queued and running runs (terminate calls it in its transaction)."""
+async def cancel_live_runs(
+    session: AsyncSession,
+    reason: str,
+    *,
+    agent_id: uuid.UUID | None = None,
+    project_id: uuid.UUID | None = None,
+) -> int:
+    """Cancel the queued and running runs of an agent (terminate) or a project (deletion), in
+    the caller's transaction."""
     now = utcnow()
     moved = await run_state.transition(
         session,
         RunStatus.cancelled,
         agent_id=agent_id,
-        only_from=_LIVE,
-        finished_at=now,
-        cancel_requested_at=now,
-        error={"code": "cancelled", "message": reason[:300]},
-    )
-    for run, was in moved:
-        await finish_cancelled(session, run, was)
-    return len(moved)
-
-
-async def cancel_project_runs(session: AsyncSession, project_id: uuid.UUID, reason: str) -> int:
-    """Cancel every queued and running run of a project (project deletion)."""
-    now = utcnow()
-    moved = await run_state.transition(
-        session,
-        RunStatus.cancelled,
         project_id=project_id,
         only_from=_LIVE,
         finished_at=now,
