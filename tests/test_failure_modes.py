@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 from tests.conftest import make_settings
 from tests.support.apps import closed_port_url, running_app
@@ -42,3 +42,31 @@ async def test_api_recovers_when_its_database_connections_are_killed(client, aut
     # At most the first request on a dead connection may fail, and only as 503.
     assert set(statuses[:1]) <= {200, 503}
     assert statuses[1:] == [200, 200]
+
+
+async def test_too_many_clients_answers_503_not_500(settings, client, auth, engine):
+    """Postgres refusing a connection for lack of slots (SQLSTATE 53300) is "try again later"."""
+    actor = await auth.user()
+    role = "agentry_no_slots"
+    async with engine.begin() as conn:
+        await conn.execute(text(f"DROP ROLE IF EXISTS {role}"))
+        await conn.execute(text(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0"))
+    try:
+        url = make_url(settings.DATABASE_URL).set(username=role)
+        config = make_settings(url.render_as_string(hide_password=False), settings.REDIS_URL)
+        async with running_app(config) as (_, c):
+            r = await c.get("/api/v1/projects", headers=actor.headers)
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text(f"DROP ROLE {role}"))
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "unavailable"
+
+
+def test_an_exhausted_pool_is_unavailable_not_an_internal_error():
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+    from backend.core.errors import is_connection_error
+
+    assert is_connection_error(PoolTimeoutError("QueuePool limit of size 10 overflow 0 reached"))
+    assert not is_connection_error(ValueError("a bug"))

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.core.logging import innermost_frame
@@ -145,10 +146,21 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
+# Postgres saying "not now" rather than "no": connection exceptions (08), insufficient
+# resources such as too many clients (53), shutting down or starting up (57P01-57P03).
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57P01", "57P02", "57P03")
+
+
 def is_connection_error(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError):
-        return bool(exc.connection_invalidated) or isinstance(exc.orig, OSError | ConnectionError)
-    return isinstance(exc, OSError | ConnectionError | TimeoutError)
+        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+        return (
+            bool(exc.connection_invalidated)
+            or isinstance(exc.orig, OSError | ConnectionError)
+            or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+        )
+    # PoolTimeoutError: every pooled connection stayed busy for pool_timeout seconds.
+    return isinstance(exc, OSError | ConnectionError | TimeoutError | PoolTimeoutError)
 
 
 def install_error_handlers(app: FastAPI) -> None:
