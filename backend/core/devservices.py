@@ -360,7 +360,10 @@ class EmbeddedPostgres:
         if proc is not None and _runs_in(proc, "postgres", self.pgdata):
             log.warning("stopping leftover postgres (pid %s) on %s", pid, self.pgdata)
             self._shutdown()
-            return
+            if _read_pid(self.pgdata / "postmaster.pid") is None:
+                return  # a clean shutdown removes its pid file
+            # Else it was dying already (a SIGKILL is delivered asynchronously): it may be a
+            # zombie by now, which postgres' own kill(pid, 0) check takes for a live server.
         # Crashed postmaster: let its orphaned backends exit before a new one starts.
         self._wait_for_orphans()
         if psutil.pid_exists(pid):
@@ -432,7 +435,10 @@ class EmbeddedPostgres:
             )
             if result.returncode != 0:
                 out.seek(0)
-                hint = f"; server log: {self.log_file}" if self.log_file.exists() else ""
+                hint = ""
+                if self.log_file.exists():  # the reason is in there, not in pg_ctl's output
+                    tail = self.log_file.read_text(errors="replace").splitlines()[-5:]
+                    hint = f"; last lines of {self.log_file}:\n" + "\n".join(tail)
                 raise DevServiceError(
                     f"{Path(cmd[0]).name} exited {result.returncode}: {out.read().strip()}{hint}"
                 )
