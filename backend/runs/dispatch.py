@@ -27,7 +27,7 @@ from arq.constants import abort_jobs_ss, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from redis.commands.core import AsyncScript
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.config import Settings
@@ -120,16 +120,18 @@ def later(session: AsyncSession, action: Callable[[Dispatcher], Awaitable[Any]])
     after_commit(session, lambda: action(dispatcher))
 
 
+# Built once: constructing a statement per request costs more than running it.
+_HEAD = (
+    select(Run.id, Run.attempt)
+    .where(Run.agent_id == bindparam("agent_id"), Run.status == RunStatus.queued.value)
+    .order_by(Run.seq)
+    .limit(1)
+)
+
+
 async def dispatch_head(session: AsyncSession, agent_id: uuid.UUID) -> uuid.UUID | None:
     """After commit, enqueue the agent's oldest queued run (the only one a claim accepts)."""
-    head = (
-        await session.execute(
-            select(Run.id, Run.attempt)
-            .where(Run.agent_id == agent_id, Run.status == RunStatus.queued.value)
-            .order_by(Run.seq)
-            .limit(1)
-        )
-    ).first()
+    head = (await session.execute(_HEAD, {"agent_id": agent_id})).first()
     if head is None:
         return None
     run_id, attempt = head

@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy import exists, func, select
+from sqlalchemy import bindparam, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.agent_types.models import AgentType
@@ -75,6 +75,14 @@ async def submit(
     return run
 
 
+_SUBMITTABLE = (  # built once, like every per-request statement of a hot route
+    select(Agent.status, AgentType.provider, AgentType.model)
+    .join(AgentType, AgentType.id == Agent.agent_type_id)
+    .where(Agent.id == bindparam("agent_id"), Agent.project_id == bindparam("project_id"))
+    .with_for_update(of=Agent, read=True, key_share=True)
+)
+
+
 async def _submittable_agent(
     session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID
 ) -> Any:
@@ -83,14 +91,8 @@ async def _submittable_agent(
     The lock: a concurrent terminate either sees this run (and cancels it) or commits first
     (and this submit sees `terminated`); claims wait for this insert.
     """
-    row = (
-        await session.execute(
-            select(Agent.status, AgentType.provider, AgentType.model)
-            .join(AgentType, AgentType.id == Agent.agent_type_id)
-            .where(Agent.id == agent_id, Agent.project_id == ctx.project.id)
-            .with_for_update(of=Agent, read=True, key_share=True)
-        )
-    ).first()
+    params = {"agent_id": agent_id, "project_id": ctx.project.id}
+    row = (await session.execute(_SUBMITTABLE, params)).first()
     if row is None:
         raise NotFound(f"Agent {agent_id} not found")
     if row.status == AgentStatus.terminated:
