@@ -161,6 +161,14 @@ def _runs_in(proc: psutil.Process, name: str, directory: Path) -> bool:
         return False
 
 
+def _log_tail(path: Path, lines: int) -> str:
+    try:
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+    except FileNotFoundError:
+        return f"no log at {path}"
+    return f"last lines of {path}:\n" + "\n".join(tail)
+
+
 def _rotate_log(path: Path) -> None:
     """Keep one previous log; dev logs otherwise grow forever."""
     try:
@@ -271,6 +279,11 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.socket_dir != self.pgdata:
             self._prepare_socket_dir()  # first: fail fast on a suspicious dir in /tmp
+        if self._user:
+            # Before initdb: the binaries live in the venv, and a fresh clone under a 0700
+            # `mktemp -d` dir is out of the server user's reach until now.
+            _grant_traverse(self.data_dir)
+            _grant_traverse(self._bin.parent)
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb()
         self._prepare_dirs()
@@ -311,7 +324,6 @@ class EmbeddedPostgres:
         scratch.mkdir(mode=0o700)
         if self._user:
             os.chown(scratch, self._user.pw_uid, self._user.pw_gid)
-            self._grant_server_user_traverse()
         self._run(
             [
                 str(self._bin / "initdb"),
@@ -323,17 +335,9 @@ class EmbeddedPostgres:
         )
         scratch.rename(self.pgdata)
 
-    def _grant_server_user_traverse(self) -> None:
-        # Both the cluster and the binaries, which live in the venv (a fresh clone under a
-        # 0700 `mktemp -d` dir is unreachable for the server user until then).
-        _grant_traverse(self.data_dir)
-        _grant_traverse(self._bin.parent)
-
     def _prepare_dirs(self) -> None:
-        if self._user:
-            self._grant_server_user_traverse()
-            if self.pgdata.stat().st_uid != self._user.pw_uid:
-                _chown_tree(self.pgdata, self._user)  # e.g. a cluster restored as root
+        if self._user and self.pgdata.stat().st_uid != self._user.pw_uid:
+            _chown_tree(self.pgdata, self._user)  # e.g. a cluster restored as root
         self.pgdata.chmod(0o700)  # postgres refuses group/world-accessible data dirs
 
     def _prepare_socket_dir(self) -> None:
@@ -435,12 +439,10 @@ class EmbeddedPostgres:
             )
             if result.returncode != 0:
                 out.seek(0)
-                hint = ""
-                if self.log_file.exists():  # the reason is in there, not in pg_ctl's output
-                    tail = self.log_file.read_text(errors="replace").splitlines()[-5:]
-                    hint = f"; last lines of {self.log_file}:\n" + "\n".join(tail)
+                # The reason is in the server log, not in pg_ctl's output.
                 raise DevServiceError(
-                    f"{Path(cmd[0]).name} exited {result.returncode}: {out.read().strip()}{hint}"
+                    f"{Path(cmd[0]).name} exited {result.returncode}: {out.read().strip()}; "
+                    f"{_log_tail(self.log_file, 5)}"
                 )
 
 
@@ -506,7 +508,7 @@ class EmbeddedRedis:
                 return self
             self._reap(proc)
         self.pidfile.unlink(missing_ok=True)
-        raise DevServiceError(f"redis-server failed to start: {self._log_tail()}")
+        raise DevServiceError(f"redis-server failed to start: {_log_tail(self.log_file, 15)}")
 
     def stop(self) -> None:
         """SIGTERM = SHUTDOWN: redis fsyncs the AOF, writes dump.rdb, exits. Idempotent."""
@@ -571,7 +573,9 @@ class EmbeddedRedis:
                 pass
             time.sleep(0.01)
         self._reap(proc)
-        raise DevServiceError(f"redis-server not ready after {timeout:.0f}s: {self._log_tail()}")
+        raise DevServiceError(
+            f"redis-server not ready after {timeout:.0f}s: {_log_tail(self.log_file, 15)}"
+        )
 
     def _reap(self, proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is None:
@@ -581,7 +585,9 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 # Redis refuses SIGTERM when its final RDB save fails (disk full, dir gone);
                 # the AOF (fsynced every second) still holds the data.
-                log.warning("redis-server ignored SIGTERM, killing it; %s", self._log_tail(5))
+                log.warning(
+                    "redis-server ignored SIGTERM, killing it; %s", _log_tail(self.log_file, 5)
+                )
                 proc.kill()
                 proc.wait()
 
@@ -594,13 +600,6 @@ class EmbeddedRedis:
             log.warning("stopping leftover redis-server (pid %s) in %s", pid, self.dir)
             _terminate(proc, grace=_REDIS_STOP_GRACE)  # SIGTERM: persist and exit
         self.pidfile.unlink(missing_ok=True)
-
-    def _log_tail(self, lines: int = 15) -> str:
-        try:
-            tail = self.log_file.read_text(errors="replace").splitlines()[-lines:]
-        except FileNotFoundError:
-            return f"no log at {self.log_file}"
-        return f"last lines of {self.log_file}:\n" + "\n".join(tail)
 
 
 # --- both ----------------------------------------------------------------------------------
