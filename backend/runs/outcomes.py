@@ -16,14 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from redis.exceptions import RedisError
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.agents import state as agent_state
-from backend.agents.models import AgentStatus
 from backend.config import Settings
 from backend.core.db import storable
-from backend.core.errors import InvalidTransition, NotFound
-from backend.runs import dispatch, streams
+from backend.runs import streams
 from backend.runs.pipeline import Conclusion as C
 from backend.runs.schemas import RunRow
 from backend.usage import service as usage
@@ -122,38 +118,6 @@ def backoff(settings: Settings, attempt: int) -> float:
         settings.RUN_RETRY_MAX_SECONDS, settings.RUN_RETRY_BASE_SECONDS * 2 ** (attempt - 1)
     )
     return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not security
-
-
-async def requeued(
-    session: AsyncSession,
-    run_id: uuid.UUID,
-    agent_id: uuid.UUID,
-    attempt: int,
-    *,
-    delay: float | None,
-) -> None:
-    """A run just went back to queued in this session's transaction (the reaper): its agent
-    waits for it, and its next attempt is queued after commit."""
-    try:
-        await agent_state.transition(
-            session,
-            agent_id,
-            AgentStatus.waiting,
-            only_from={AgentStatus.working},
-            run_id=run_id,
-            reason="run retrying",
-        )
-    except (InvalidTransition, NotFound):
-        pass  # paused or terminated meanwhile: resume (or nothing) takes it from here
-    queued = {"status": "queued", "attempt": attempt}
-    if delay:
-        queued["retry_in_seconds"] = round(delay, 3)
-
-    async def send(d: dispatch.Dispatcher) -> None:
-        await d.publish(run_id, [(streams.STATUS, queued)])
-        await d.enqueue(run_id, attempt, defer=delay)
-
-    dispatch.later(session, send)
 
 
 async def release(w: WorkerState, state: Attempt) -> None:

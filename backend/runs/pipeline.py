@@ -44,7 +44,9 @@ from typing import Any, Generic, TypeVar
 
 import asyncpg
 import structlog
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.agents import state as agent_state
 from backend.agents.models import AgentStatus
@@ -290,15 +292,27 @@ class Conclusion(StrEnum):
     retry = "retry"  # back to queued with the error; the next attempt is deferred
     release = "release"  # back to queued as it was (the worker is stopping)
     account = "account"  # no longer this attempt's run: only its calls are counted
+    cancelled = "cancelled"  # queued or running, whoever runs it (cancel, terminate, delete)
 
 
 C = Conclusion
-_FINAL = {C.succeeded: R.succeeded, C.failed: R.failed, C.timed_out: R.timed_out}
+_FINAL = {
+    C.succeeded: R.succeeded,
+    C.failed: R.failed,
+    C.timed_out: R.timed_out,
+    C.cancelled: R.cancelled,
+}
+# j_heartbeat: the reaper's "no heartbeat since it looked" (NULL for a worker's own run).
 _CONCLUDE_JOBS = """
 job AS (
     SELECT * FROM jsonb_to_recordset(:jobs::jsonb) AS j(run_id uuid, j_worker text,
-        j_attempt int, j_provider text, j_output text, j_model text, j_error jsonb)
+        j_attempt int, j_provider text, j_output text, j_model text, j_error jsonb,
+        j_heartbeat timestamptz)
 )"""
+# Still this attempt's: running, by this worker, at this attempt (and, for the reaper, not
+# heartbeating since it looked).
+_OURS = """o.worker_id = o.j_worker AND o.attempt = o.j_attempt
+        AND (o.j_heartbeat IS NULL OR o.heartbeat_at = o.j_heartbeat)"""
 _FINISHED = """
 finished AS (
     SELECT id, project_id, agent_id, provider, model, status FROM run_new WHERE moved
@@ -332,6 +346,8 @@ def _run_values(kind: Conclusion) -> dict[str, str]:
         values = {"output": "o.j_output", "error": "NULL", "model": "o.j_model"}
     elif kind in (C.failed, C.timed_out, C.retry):
         values = {"error": "o.j_error"}
+    elif kind is C.cancelled:
+        values = {"error": "coalesce(o.j_error, r.error)", "cancel_requested_at": ":now"}
     if kind in _FINAL:
         values["finished_at"] = ":now::timestamptz"
     elif kind in (C.retry, C.release):
@@ -368,13 +384,11 @@ def _agent_ctes(kind: Conclusion) -> str:
 
 def _conclude_sql(kind: Conclusion) -> str:
     final = kind in _FINAL
+    guards = {C.account: "false", C.cancelled: "true"}
     run_old, run_new = run_state.transition_ctes(
         _FINAL.get(kind, R.queued),
-        only_from={R.running},
-        # Still this attempt's: running, by this worker, at this attempt.
-        guard="false"
-        if kind is C.account
-        else "o.worker_id = o.j_worker AND o.attempt = o.j_attempt",
+        only_from={R.queued, R.running} if kind is C.cancelled else {R.running},
+        guard=guards.get(kind, _OURS),
         values=_run_values(kind),
         counters=usage.RUN_USAGE_SET,
         joins="LEFT JOIN calls_sum s ON s.run_id = o.id",
@@ -393,6 +407,40 @@ LEFT JOIN LATERAL ({_HEAD if final else _NO_HEAD}) h ON true"""
 
 
 CONCLUDE = {kind: Statement.of(_conclude_sql(kind)) for kind in Conclusion}
+
+
+# --- the same conclusions, through a session -----------------------------------------------
+
+# SQLAlchemy's text() takes `:name` before `::type` for a cast, not a parameter.
+_SESSION_CONCLUDE = {
+    kind: text(re.sub(r"(?<![:\w]):([a-z_]+)::([a-z]+)", r"CAST(:\1 AS \2)", stmt_sql))
+    for kind, stmt_sql in ((kind, _conclude_sql(kind)) for kind in Conclusion)
+}
+
+
+async def conclude_in(
+    session: AsyncSession, kind: Conclusion, jobs: list[dict[str, Any]]
+) -> list[Any]:
+    """`kind` for the runs of `jobs` (run_id, agent_id, and the job columns of the kind), in
+    the caller's transaction: the API's cancels and the reaper run the worker's statement.
+    The rows written (from_status, moved, released, next_id, next_attempt, ...)."""
+    if not jobs:
+        return []
+    agents = _ids(sorted({str(job["agent_id"]) for job in jobs}))
+    await session.execute(text(f"SELECT FROM agents WHERE id IN ({agents}) ORDER BY id FOR UPDATE"))
+    now = datetime.now(UTC)
+    params = {
+        "jobs": json.dumps([_job_columns(job) for job in jobs]),
+        "calls": "[]",
+        "now": now,
+        "bucket": usage.hour_bucket(now),
+        "reason": f"run {kind}",
+    }
+    return list((await session.execute(_SESSION_CONCLUDE[kind], params)).all())
+
+
+def _job_columns(job: dict[str, Any]) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, uuid.UUID | datetime) else v for k, v in job.items()}
 
 
 # --- the worker's interface ----------------------------------------------------------------

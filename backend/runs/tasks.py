@@ -38,12 +38,11 @@ from backend.config import Settings
 from backend.core.db import commit, utcnow
 from backend.core.errors import is_connection_error
 from backend.core.logging import innermost_frame
-from backend.runs import executor, outcomes
+from backend.runs import dispatch, executor, pipeline, streams
 from backend.runs import service as runs_service
-from backend.runs import state as run_state
 from backend.runs.executor import WorkerState
 from backend.runs.models import Run, RunStatus
-from backend.usage import service as usage
+from backend.runs.pipeline import Conclusion
 from backend.usage.service import WORKER_KEY_PREFIX
 
 log = structlog.get_logger()
@@ -255,33 +254,41 @@ async def _dead_workers(w: WorkerState, worker_ids: set[str]) -> set[str]:
 
 
 async def reap_one(w: WorkerState, r: Any) -> int:
-    """Retry (back to queued, next attempt) while retries remain, else fail; free the agent."""
+    """Retry (back to queued, next attempt) while retries remain, else fail; free the agent.
+    The worker's own retry and failure conclusions, guarded by "no heartbeat since we looked"."""
     retry = r.attempt <= r.max_retries
+    job = {
+        "run_id": r.id,
+        "agent_id": r.agent_id,
+        "j_worker": r.worker_id,
+        "j_attempt": r.attempt,
+        "j_heartbeat": r.heartbeat_at.isoformat(),
+        "j_error": LOST_WORKER_ERROR,
+    }
+    kind = Conclusion.retry if retry else Conclusion.failed
     async with w.sessionmaker() as session:
-        await runs_service.lock_agent(session, r.agent_id)
-        values: dict[str, Any] = {"error": LOST_WORKER_ERROR, "worker_id": None}
-        if retry:
-            values["heartbeat_at"] = None
-        else:
-            values["finished_at"] = utcnow()
-        moved = await run_state.transition_one(
-            session,
-            r.id,
-            RunStatus.queued if retry else RunStatus.failed,
-            only_from={RunStatus.running},
-            # Only if no heartbeat arrived since we looked.
-            guard=[Run.heartbeat_at == r.heartbeat_at, Run.worker_id == r.worker_id],
-            **values,
-        )
-        if moved is None:
+        rows = await pipeline.conclude_in(session, kind, [job])
+        if not rows or not rows[0].moved:
             return 0
-        run = moved[0]
         if retry:
-            await outcomes.requeued(session, run.id, run.agent_id, run.attempt, delay=None)
+            _requeue_after_commit(session, r.id, r.attempt)
         else:
-            await usage.record_run_finished(session, run)
-            await runs_service.release_agent(session, run.agent_id, run.id, reason="worker lost")
+            run = await session.get(Run, r.id, populate_existing=True)
+            assert run is not None
+            if rows[0].released and rows[0].next_id is not None:
+                next_id, next_attempt = rows[0].next_id, rows[0].next_attempt
+                dispatch.later(session, lambda d: d.enqueue(next_id, next_attempt))
             runs_service.notify_end(session, run)
         await commit(session)
     log.warning("run_reaped", run_id=str(r.id), worker_id=r.worker_id, retried=retry)
     return 1
+
+
+def _requeue_after_commit(session: Any, run_id: uuid.UUID, attempt: int) -> None:
+    """`queued` on the run's stream, and its next attempt's job."""
+
+    async def send(d: dispatch.Dispatcher) -> None:
+        await d.publish(run_id, [(streams.STATUS, {"status": "queued", "attempt": attempt})])
+        await d.enqueue(run_id, attempt)
+
+    dispatch.later(session, send)
