@@ -419,19 +419,25 @@ _SESSION_CONCLUDE = {
 
 
 async def conclude_in(
-    session: AsyncSession, kind: Conclusion, jobs: list[dict[str, Any]]
+    session: AsyncSession,
+    kind: Conclusion,
+    jobs: list[dict[str, Any]],
+    *,
+    calls: list[dict[str, Any]] | None = None,
+    now: datetime | None = None,
 ) -> list[Any]:
     """`kind` for the runs of `jobs` (run_id, agent_id, and the job columns of the kind), in
     the caller's transaction: the API's cancels and the reaper run the worker's statement.
-    The rows written (from_status, moved, released, next_id, next_attempt, ...)."""
+    `calls`: usage.priced_calls to account with it. The rows written (from_status, moved,
+    released, next_id, next_attempt, ...)."""
     if not jobs:
         return []
     agents = _ids(sorted({str(job["agent_id"]) for job in jobs}))
     await session.execute(text(f"SELECT FROM agents WHERE id IN ({agents}) ORDER BY id FOR UPDATE"))
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     params = {
         "jobs": json.dumps([_job_columns(job) for job in jobs]),
-        "calls": "[]",
+        "calls": json.dumps(calls or []),
         "now": now,
         "bucket": usage.hour_bucket(now),
         "reason": f"run {kind}",

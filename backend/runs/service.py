@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from functools import partial
 from typing import Any
 
 from redis.asyncio import Redis
@@ -192,12 +191,18 @@ async def _cancel(session: AsyncSession, jobs: list[dict[str, Any]]) -> list[Any
             next_id, next_attempt = row.next_id, row.next_attempt
             dispatch.later(session, lambda d, r=next_id, a=next_attempt: d.enqueue(r, a))
         notify_end(session, run)
-        after_commit(session, partial(_observe, run.status, run.started_at, run.finished_at))
+        observe_end(session, run)
     return moved
 
 
-async def _observe(status: str, started_at: Any, finished_at: Any) -> None:
-    usage.observe_finished(status, started_at, finished_at)
+def observe_end(session: AsyncSession, run: Run) -> None:
+    """After commit: the run's duration in the run-duration histogram."""
+    status, started_at, finished_at = run.status, run.started_at, run.finished_at
+
+    async def observe() -> None:
+        usage.observe_finished(status, started_at, finished_at)
+
+    after_commit(session, observe)
 
 
 async def on_agent_resumed(session: AsyncSession, agent_id: uuid.UUID) -> None:

@@ -279,6 +279,7 @@ async def reap_one(w: WorkerState, r: Any) -> int:
                 next_id, next_attempt = rows[0].next_id, rows[0].next_attempt
                 dispatch.later(session, lambda d: d.enqueue(next_id, next_attempt))
             runs_service.notify_end(session, run)
+            runs_service.observe_end(session, run)
         await commit(session)
     log.warning("run_reaped", run_id=str(r.id), worker_id=r.worker_id, retried=retry)
     return 1

@@ -1,16 +1,17 @@
 """Usage accounting: every provider call priced and counted once, every run counted once.
 
-Writers (called by the runs domain, in its own transactions; flush, never commit):
-- ``record_call``: one finished provider call -> provider_calls row, the run's and the agent's
-  usage columns, the hourly usage rollup. Atomic SQL increments only (no read-modify-write), so
-  concurrent transactions never lose an update. Idempotent per (run, attempt, provider, model).
-- ``record_run_finished``: once per run, in the transaction that makes it terminal -> rollup
-  ``runs`` and status counters, the agent's ``tasks_completed`` when it succeeded.
-- ``check_budget``: at submit, under a row lock on the project.
+The accounting is SQL fragments (below) that the runs domain embeds in its conclusion
+statements (backend/runs/pipeline.py), the one implementation for the worker, the API's
+cancels and the reaper:
+- each provider call -> a provider_calls row, the run's and the agent's usage columns, the
+  hourly usage rollup; atomic increments only (no read-modify-write), so concurrent
+  transactions never lose an update; once per (run, attempt, provider, model);
+- each run, once, by the statement that made it final -> the rollup's ``runs`` and status
+  counters, the agent's ``tasks_completed`` when it succeeded.
+``budget_sql`` is the budget rule: at submit (``check_budget``), at claim, in the metrics.
 
-Lock order inside a run's transaction: run row, agent row, rollup rows (primary model before
-fallbacks). Transactions of one agent serialize on the agent row, and rollup rows are keyed by
-agent, so the upserts cannot deadlock each other.
+Transactions of one agent serialize on the agent row (locked first), and rollup rows are keyed
+by agent, so the upserts cannot deadlock each other.
 
 Unknown prices: the call's cost is NULL (never 0), ``runs.cost_unknown`` is set, the rollup's
 ``unknown_cost_calls`` grows; known costs keep adding up, so a cost is then a lower bound.
@@ -27,19 +28,13 @@ from typing import Any
 
 import structlog
 from prometheus_client import Histogram
-from sqlalchemy import select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.orm.util import identity_key
 
-from backend.agents.models import Agent
-from backend.core.db import after_commit, utcnow
+from backend.core.db import utcnow
 from backend.core.errors import BudgetExceeded
 from backend.projects.models import Project
-from backend.runs.models import FINISHED, ProviderCall, Run, RunStatus
 from backend.runs.providers.base import Usage
-from backend.usage.models import UsageRollup
 from backend.usage.pricing import price_call, to_money
 
 log = structlog.get_logger()
@@ -65,98 +60,6 @@ def hour_bucket(at: datetime) -> datetime:
     """The UTC hour a moment falls in; naive datetimes are taken as UTC."""
     at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
     return at.replace(minute=0, second=0, microsecond=0)
-
-
-async def record_call(
-    session: AsyncSession,
-    run: Run,
-    *,
-    attempt: int,
-    provider: str,
-    model: str,
-    usage: Usage,
-    succeeded: bool,
-    error: dict | None = None,
-    pricing_override: dict | None = None,
-    at: datetime | None = None,
-) -> ProviderCall:
-    """Price one finished provider call and account it in the caller's transaction.
-
-    A second call for the same (run, attempt, provider, model) records nothing and returns the
-    first one's row: its tokens are counted once.
-    """
-    at = at or utcnow()
-    price = price_call(provider, model, usage, override=pricing_override, at=at)
-    cost = None if price.cost_usd is None else price.cost_usd.quantize(_COST_SCALE)
-    tokens = {name: getattr(usage, name) for name in _TOKEN_COLUMNS}
-    call = await session.scalar(
-        insert(ProviderCall)
-        .values(
-            id=uuid.uuid4(),
-            run_id=run.id,
-            project_id=run.project_id,
-            agent_id=run.agent_id,
-            attempt=attempt,
-            provider=provider,
-            model=model,
-            succeeded=succeeded,
-            cost_usd=cost,
-            price_source=price.source,
-            raw_usage=usage.raw,
-            error=error,
-            created_at=at,
-            **tokens,
-        )
-        .on_conflict_do_nothing(index_elements=["run_id", "attempt", "provider", "model"])
-        .returning(ProviderCall)
-    )
-    if call is None:
-        log.warning("provider_call_duplicate", run_id=str(run.id), attempt=attempt, model=model)
-        return await session.scalar(
-            select(ProviderCall).where(
-                ProviderCall.run_id == run.id,
-                ProviderCall.attempt == attempt,
-                ProviderCall.provider == provider,
-                ProviderCall.model == model,
-            )
-        )
-    known = cost if cost is not None else Decimal(0)
-    await _add_to_run(session, run, tokens, known, unknown=price.unknown)
-    await _add_to_agent(session, run.agent_id, tokens_used=usage.total_tokens, cost_incurred=known)
-    await _upsert_rollup(
-        session,
-        run,
-        at,
-        provider,
-        model,
-        calls=1,
-        cost_usd=known,
-        unknown_cost_calls=int(price.unknown),
-        **tokens,
-    )
-    return call
-
-
-async def record_run_finished(session: AsyncSession, run: Run) -> None:
-    """Count a run that just became terminal, once; call it in the transaction that made it so.
-
-    Call it only when your conditional status UPDATE moved the run from a live status to a
-    terminal one: that happens once per run, so the run is counted once.
-    """
-    status = RunStatus(run.status)
-    if status not in FINISHED:
-        raise ValueError(f"run {run.id} is {status}, not finished")
-    finished_at = run.finished_at or utcnow()
-    counters = {"runs": 1, status.value: 1}
-    await _upsert_rollup(session, run, finished_at, run.provider, run.model, **counters)
-    if status is RunStatus.succeeded:
-        await _add_to_agent(session, run.agent_id, tasks_completed=1)
-    started_at = run.started_at
-
-    async def observe() -> None:
-        observe_finished(status.value, started_at, finished_at)
-
-    after_commit(session, observe)  # a rolled-back finish is not observed
 
 
 def observe_finished(status: str, started_at: datetime | None, finished_at: datetime) -> None:
@@ -249,78 +152,8 @@ def budget_message(state: BudgetState) -> str:
     )
 
 
-async def _add_to_run(
-    session: AsyncSession, run: Run, tokens: dict[str, int], cost: Decimal, *, unknown: bool
-) -> None:
-    values: dict[str, Any] = {name: getattr(Run, name) + n for name, n in tokens.items()}
-    values["cost_usd"] = Run.cost_usd + cost
-    if unknown:
-        values["cost_unknown"] = True
-    columns = [*_TOKEN_COLUMNS, "cost_usd", "cost_unknown"]
-    row = (
-        await session.execute(
-            update(Run)
-            .where(Run.id == run.id)
-            .values(**values)
-            .returning(*(getattr(Run, c) for c in columns))
-            .execution_options(synchronize_session=False)
-        )
-    ).one()
-    # The caller's Run object shows the new sums without marking them dirty.
-    for name, value in zip(columns, row, strict=True):
-        set_committed_value(run, name, value)
-
-
-async def _add_to_agent(session: AsyncSession, agent_id: uuid.UUID, **deltas: Any) -> None:
-    values = {name: getattr(Agent, name) + delta for name, delta in deltas.items()}
-    row = (
-        await session.execute(
-            update(Agent)
-            .where(Agent.id == agent_id)
-            .values(**values)
-            .returning(*(getattr(Agent, c) for c in values))
-            .execution_options(synchronize_session=False)
-        )
-    ).first()
-    loaded = session.identity_map.get(identity_key(Agent, agent_id))
-    if row is not None and loaded is not None:
-        for name, value in zip(values, row, strict=True):
-            set_committed_value(loaded, name, value)
-
-
-async def _upsert_rollup(
-    session: AsyncSession,
-    run: Run,
-    at: datetime,
-    provider: str,
-    model: str,
-    **counters: Any,
-) -> None:
-    stmt = insert(UsageRollup).values(
-        project_id=run.project_id,
-        bucket=hour_bucket(at),
-        agent_id=run.agent_id,
-        provider=provider,
-        model=model,
-        **counters,
-    )
-    # `stmt.excluded` builds a new alias on every access: once per statement, not per column.
-    excluded, columns = stmt.excluded, _ROLLUP_COLUMNS
-    await session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=_ROLLUP_KEY,
-            set_={name: columns[name] + excluded[name] for name in counters},
-        )
-    )
-
-
-_ROLLUP_COLUMNS = UsageRollup.__table__.c
-
-
-# The worker's fused conclusions of attempts (backend/runs/pipeline.py) do in one statement, for
-# a batch of runs, what record_call (per call) and record_run_finished do: the same rows, the
-# same sums, the same once-only rule (the provider_calls unique key). Their accounting parts
-# are these SQL fragments.
+# The conclusions of runs (backend/runs/pipeline.py) account in one statement, for a batch of
+# runs, with these fragments.
 
 
 def priced_calls(
@@ -331,8 +164,8 @@ def priced_calls(
     pricing_override: dict | None = None,
     at: datetime,
 ) -> list[dict[str, Any]]:
-    """An attempt's calls (model, usage, succeeded, error), priced as record_call prices them,
-    as rows of the JSON array `CALLS_CTES` reads (exact decimal strings; None when unknown)."""
+    """An attempt's calls (model, usage, succeeded, error), priced when they ended, as rows of
+    the JSON array `CALLS_CTES` reads (exact decimal strings; None when unknown)."""
     rows = []
     for model, usage, succeeded, error in calls:
         price = price_call(provider, model, usage, override=pricing_override, at=at)
@@ -381,7 +214,7 @@ calls_sum AS (
 )"""
 
 # SET assignments adding the run's `calls_sum s` (LEFT JOINed: NULL when none) to the run `r`
-# (as _add_to_run does).
+
 RUN_USAGE_SET = ",\n        ".join(
     [
         *(f"{name} = r.{name} + coalesce(s.{name}, 0)" for name in _TOKEN_COLUMNS),
@@ -393,9 +226,9 @@ _CALL_TOKENS = " + ".join(f"c.{name}" for name in _TOKEN_COLUMNS)
 
 
 def agent_usage(finished: str | None) -> tuple[str, str]:
-    """(SET assignments, touch condition) adding to each agent `a` (`o`) its inserted calls (as
-    _add_to_agent does) and, when `finished` names a CTE of the runs that just ended
-    (agent_id, status), their tasks_completed (as record_run_finished does)."""
+    """(SET assignments, touch condition) adding to each agent `a` (`o`) its inserted calls
+    and, when `finished` names a CTE of the runs that just ended (agent_id, status), their
+    tasks_completed."""
     sets = [
         f"tokens_used = a.tokens_used"
         f" + coalesce((SELECT sum({_CALL_TOKENS}) FROM calls c WHERE c.agent_id = a.id), 0)",
@@ -415,8 +248,8 @@ def agent_usage(finished: str | None) -> tuple[str, str]:
 def rollup_cte(finished: str | None) -> str:
     """CTE `rollup`: the hourly rows of the inserted `calls` (calls, tokens, cost, unknown
     costs) and, when `finished` names a CTE of the runs that just ended (project_id, agent_id,
-    provider, model, status), their `runs` and status counters (as record_run_finished does,
-    keyed by each run's final model). Grouped by key first: one upsert may not touch a row
+    provider, model, status), their `runs` and status counters, keyed by each run's final
+    model. Grouped by key first: one upsert may not touch a row
     twice. Parameter :bucket."""
     statuses = ("succeeded", "failed", "cancelled", "timed_out")
     ended = (
