@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from agentry_client import errors
@@ -51,21 +50,9 @@ def normalize(args: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = normalize(list(sys.argv[1:] if argv is None else argv))
-    command = typer.main.get_command(app)
     try:
-        result = command.main(args=args, prog_name="agentryctl", standalone_mode=False)
-        code = result if isinstance(result, int) else 0
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        code = 130
+        # Standalone: usage errors exit 2, --help 0, typer.Exit(code) its code.
+        app(args=args, prog_name="agentryctl")
     except errors.AgentryError as exc:
-        click.echo(error_line(exc), err=True)
-        code = exit_code(exc)
-    except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
+        typer.echo(error_line(exc), err=True)
+        sys.exit(exit_code(exc))
