@@ -22,6 +22,8 @@ import pytest
 from tests.support import servers
 
 BIN = Path(sys.executable).parent
+# Which agentryctl to test: the project venv's, or e.g. one pip-installed alone elsewhere.
+AGENTRYCTL = os.environ.get("AGENTRYCTL_BIN") or str(BIN / "agentryctl")
 EMAIL, PASSWORD = "root@example.com", "cli-tests-password"
 
 
@@ -144,7 +146,7 @@ def ctl(live: Live, config_home: Path):
         full.update(env or {})
         full = {k: v for k, v in full.items() if v is not None}
         done = subprocess.run(
-            [str(BIN / "agentryctl"), *args],
+            [AGENTRYCTL, *args],
             env=full,
             input=stdin if stdin is not None else "",
             capture_output=True,
