@@ -44,6 +44,14 @@ def test_login_refresh_logout(ctl, live: Live, config_home: Path) -> None:
     assert refreshed["access_token"] != "expired.or.revoked"
     assert refreshed["refresh_token"] != saved["refresh_token"]
 
+    # A refresh token presented twice is refused (and revokes the login): exit 3, no loop.
+    data = json.loads(path.read_text())
+    data[live.url].update(access_token="expired.or.revoked", refresh_token=saved["refresh_token"])
+    path.write_text(json.dumps(data))
+    r = ctl("whoami", env=NO_KEY)
+    assert r.code == 3
+    assert "unauthorized" in r.stderr
+
     r = ctl("logout", env=NO_KEY)
     assert r.code == 0, r.stderr
     assert live.url not in json.loads(path.read_text())

@@ -34,6 +34,7 @@ class Call:
     json: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     timeout: float | None = None  # None: the client's default
+    refreshable: bool = True  # a 401 may be answered by refreshing the token pair first
 
     @property
     def idempotent(self) -> bool:

@@ -122,7 +122,7 @@ class AsyncClient:
             else:
                 if response.status_code < 400:
                     return response
-                if response.status_code == 401 and not refreshed and session.can_refresh():
+                if response.status_code == 401 and not refreshed and session.can_refresh(call):
                     refreshed = True
                     session.refreshed(await self.request(session.refresh_call()))
                     continue

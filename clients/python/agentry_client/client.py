@@ -54,11 +54,12 @@ class Session:
             return {"X-API-Key": self.api_key}
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
-    def can_refresh(self) -> bool:
-        return bool(self.refresh_token) and not self.api_key
+    def can_refresh(self, call: Call) -> bool:
+        return call.refreshable and bool(self.refresh_token) and not self.api_key
 
     def refresh_call(self) -> Call:
-        return Call("POST", "/auth/refresh", json={"refresh_token": self.refresh_token})
+        body = {"refresh_token": self.refresh_token}
+        return Call("POST", "/auth/refresh", json=body, refreshable=False)
 
     def refreshed(self, body: Any) -> None:
         tokens = models.Tokens.from_api(body)
@@ -195,7 +196,7 @@ class Client:
             else:
                 if response.status_code < 400:
                     return response
-                if response.status_code == 401 and not refreshed and session.can_refresh():
+                if response.status_code == 401 and not refreshed and session.can_refresh(call):
                     refreshed = True
                     session.refreshed(self.request(session.refresh_call()))
                     continue
