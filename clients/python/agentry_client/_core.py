@@ -33,7 +33,7 @@ class Call:
     params: dict[str, Any] | None = None
     json: Any = None
     headers: dict[str, str] = field(default_factory=dict)
-    timeout: float | None = None  # None: the client's default
+    timeout: Any = None  # seconds or an httpx.Timeout; None: the client's default
     refreshable: bool = True  # a 401 may be answered by refreshing the token pair first
 
     @property

@@ -28,6 +28,7 @@ from agentry_client._tools import call_tool
 
 USER_AGENT = "agentry-client/0.1"
 STREAM_READ_SECONDS = 60.0  # the server sends a keep-alive at least every 15 s
+CONNECT_SECONDS = 10.0
 
 
 class Session:
@@ -88,10 +89,12 @@ def decode(response: httpx.Response) -> Any:
         ) from exc
 
 
-def stream_timeout(deadline: float | None) -> float:
-    if deadline is None:
-        return STREAM_READ_SECONDS
-    return max(0.05, min(STREAM_READ_SECONDS, deadline - time.monotonic()))
+def stream_timeout(deadline: float | None) -> httpx.Timeout:
+    """Reads end at the deadline (the caller then stops); connecting keeps its usual bound."""
+    read = STREAM_READ_SECONDS
+    if deadline is not None:
+        read = max(0.05, min(read, deadline - time.monotonic()))
+    return httpx.Timeout(CONNECT_SECONDS, read=read)
 
 
 def passed(deadline: float | None) -> bool:
