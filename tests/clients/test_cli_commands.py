@@ -4,12 +4,16 @@ shapes, name resolution, global flags anywhere, and the agent lifecycle."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 import uuid
 
 import httpx
 import pytest
 
-from tests.clients.conftest import Live, free_port
+from tests.clients.conftest import AGENTRYCTL, Live, free_port
 
 
 @pytest.fixture
@@ -190,6 +194,24 @@ def test_failed_run_exit_1_and_wait_timeout_exit_6_print_the_run(ctl, live: Live
     assert json.loads(r.stdout)["status"] == "cancelled"
     r = ctl("runs", "list", "-p", project["slug"], "--agent", "sleeper")
     assert [x["status"] for x in json.loads(r.stdout)] == ["cancelled"]
+
+
+def test_interrupted_wait_exits_130_not_1(live: Live) -> None:
+    """Ctrl-C must not look like exit 1, "the run failed" (typer exits 130)."""
+    project = live.project()
+    echo = next(t["id"] for t in live.get("/agent-types")["data"] if t["slug"] == "echo")
+    agent = live.post(f"/projects/{project['id']}/agents", {"agent_type_id": echo, "name": "i"})
+    live.post(f"/projects/{project['id']}/agents/{agent['id']}/pause", None)
+    env = {**os.environ, "AGENTRY_URL": live.url, "AGENTRY_API_KEY": live.api_key}
+    args = ["runs", "submit", "-p", project["id"], "-a", agent["id"], "-i", "x", "--wait", "60"]
+    proc = subprocess.Popen(
+        [AGENTRYCTL, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 30
+    while not live.get(f"/projects/{project['id']}/runs")["data"] and time.monotonic() < deadline:
+        time.sleep(0.1)  # submitted: the CLI is waiting on the stream
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130
 
 
 def test_unreachable_server_exit_8(ctl) -> None:
