@@ -72,6 +72,9 @@ class ToolRunStub:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if self.path.startswith(f"{BASE}/agents/{AGENT}/runs"):
                     self._json(202, {**stub.run(), "status": "queued", "required_action": None})
+                elif self.path == f"{BASE}/runs/{RUN}/approvals":
+                    stub.posted.append(body)
+                    self._json(200, {**stub.run(), "status": "queued"})
                 elif self.path == f"{BASE}/runs/{RUN}/tool-outputs":
                     stub.posted.append(body)
                     stub.answered.set()

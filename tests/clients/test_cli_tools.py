@@ -63,6 +63,17 @@ def test_an_approval_exits_9_even_with_the_tool(ctl, stub: ToolRunStub) -> None:
     assert stub.posted == []
 
 
+@pytest.mark.parametrize("stub", [("approve_tool_calls",)], indirect=True)
+def test_approve_posts_the_decisions(ctl, stub: ToolRunStub) -> None:
+    args = ("runs", "approve", "-p", PROJECT, RUN, "--call", "call_1", "--deny", "-m", "no")
+    r = ctl(*args, env={"AGENTRY_URL": stub.url})
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "queued"
+    assert stub.posted == [
+        {"decisions": [{"tool_call_id": "call_1", "approve": False, "message": "no"}]}
+    ]
+
+
 def test_library_run_with_tools(stub: ToolRunStub) -> None:
     seen = []
 

@@ -123,6 +123,19 @@ def test_retry_policy_honours_retry_after_and_spares_non_idempotent_posts(live: 
         assert time.monotonic() - started < 5  # the budget bounds the retries
 
 
+def test_api_keys(client: Client, live: Live) -> None:
+    with Client(live.url, token=live.token, api_key="") as user:
+        key = user.api_keys.create("temporary", scopes=["projects:read"])
+        assert key.key
+        listed = {k.id: k for k in user.api_keys.list()}
+        assert listed[key.id].key is None  # shown only at creation
+        with Client(live.url, api_key=key.key) as by_key:
+            assert isinstance(list(by_key.projects.list()), list)
+            user.api_keys.delete(key.id)
+            with pytest.raises(Unauthorized):
+                list(by_key.projects.list())
+
+
 async def test_async_client(live: Live) -> None:
     project = live.project()
     async with AsyncClient(live.url, api_key=live.api_key) as c:
