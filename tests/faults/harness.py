@@ -307,7 +307,9 @@ class Deployment:
         started = [p for p in [*self.apis, *self.workers] if not p.alive]
         for proc in started:
             proc.start()
-        for proc in started:
+        # Every API, not only the new ones: an API whose pool lost its connections to a
+        # Postgres restart answers its first request 503 (and heals); let /ready take that.
+        for proc in [*self.apis, *(p for p in started if p in self.workers)]:
             await self.wait_ready(proc)
 
     async def wait_ready(self, proc: Proc) -> None:

@@ -26,9 +26,12 @@ def _dead(workers: list[Proc]) -> str:
 
 async def test_redis_restart(scene: Scene) -> None:
     """Redis stops while runs are in flight, submits keep being accepted (202) meanwhile, and it
-    comes back empty: the workers are still running, and every run finishes."""
-    d, api, db = scene.deployment, scene.api, scene.db
-    agents = await api.agents(await api.agent_type(latency_ms=1500), 3)
+    comes back empty: the workers are still running, every run finishes, and a run whose call
+    spans the outage is not run again (one provider call)."""
+    d, api, db, llm = scene.deployment, scene.api, scene.db, scene.llm
+    agents = await api.agents(await api.agent_type(latency_ms=1500), 4)
+    span = scene.text(3, "before")
+    llm.hold(span)  # answered only after Redis is back
     for n, agent in enumerate(agents):
         await api.submit(agent, scene.text(n, "before"), api=n % 2)
 
@@ -51,9 +54,14 @@ async def test_redis_restart(scene: Scene) -> None:
 
     await asyncio.sleep(2)  # a worker that gave up on Redis has exited by now
     assert not _dead(d.workers), f"workers did not survive the Redis restart: {_dead(d.workers)}"
-    await checks.invariants(db, api, scene.llm, scene.prefix, within=BOUND_SECONDS)
-    assert set((await checks.statuses(db, api)).values()) == {"succeeded"}
-    assert len(await checks.statuses(db, api)) == 3 * len(agents)
+    llm.release(span)
+    await checks.invariants(db, api, llm, scene.prefix, within=BOUND_SECONDS)
+    final = await checks.statuses(db, api)
+    assert set(final.values()) == {"succeeded"}
+    assert len(final) == 3 * len(agents)
+    assert len(llm.calls(span)) == 1, (
+        f"a run in flight through the outage ran again: {llm.calls(span)}"
+    )
     assert not _dead(d.workers), _dead(d.workers)
 
 
