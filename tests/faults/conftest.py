@@ -1,7 +1,8 @@
 """Fixtures of the fault suite: one deployment (own Postgres + Redis, 2 API and 2 worker
-processes, the counting LLM stub) for the module's scenarios; each scenario gets a new project
-and finds every process running again (the ones the previous scenario killed are restarted).
-A failed scenario prints every process's state and log tail."""
+processes, the counting LLM stub) for the package's scenarios, stopped after its last one (the
+rest of the suite does not share the machine with it); each scenario gets a new project and
+finds every process running again (the ones the previous scenario killed are restarted). A
+failed scenario prints every process's state and log tail."""
 
 from __future__ import annotations
 
@@ -29,14 +30,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
 _FAILED = pytest.StashKey[bool]()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def llm() -> Iterator[LlmStub]:
     stub = LlmStub().start()
     yield stub
     stub.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def deployment(llm: LlmStub) -> AsyncIterator[Deployment]:
     # Not pytest's tmp_path (0700 under a 0700 root): embedded Postgres runs as another user
     # when we are root, and must reach its directory.
