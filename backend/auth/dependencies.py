@@ -153,18 +153,11 @@ CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
 
 async def _require_user_session(principal: CurrentPrincipal) -> Principal:
     if principal.api_key is not None:
-        raise Forbidden("API keys cannot manage API keys, users or members")
-    return principal
-
-
-async def _require_superuser(principal: CurrentPrincipal) -> Principal:
-    if not principal.user.is_superuser:
-        raise Forbidden("Superuser privileges required")
+        raise Forbidden("This route needs a login: API keys cannot use it")
     return principal
 
 
 UserSession = Annotated[Principal, Depends(_require_user_session)]
-Superuser = Annotated[Principal, Depends(_require_superuser)]
 
 
 def client_ip(request: Request) -> str:
@@ -199,4 +192,6 @@ async def _require_superuser_session(principal: UserSession) -> Principal:
     return principal
 
 
+# Superuser routes (users, agent types, /admin/*) need a superuser's login: an API key,
+# even a superuser's, is refused (403), whatever its scopes.
 SuperuserSession = Annotated[Principal, Depends(_require_superuser_session)]
