@@ -137,7 +137,7 @@ async def cancel(session: AsyncSession, ctx: ProjectContext, run_id: uuid.UUID) 
     """Queued → cancelled at once; running → cancelled now, its worker stops within seconds."""
     run = await get(session, ctx, run_id)
     if RunStatus(run.status) in FINISHED:
-        return run
+        return _audit_cancel(session, ctx, run, RunStatus(run.status), changed=False)
     await lock_agent(session, run.agent_id)
     now = utcnow()
     moved = await run_state.transition_one(
@@ -145,11 +145,18 @@ async def cancel(session: AsyncSession, ctx: ProjectContext, run_id: uuid.UUID) 
     )
     if moved is None:  # it finished meanwhile: answered unchanged
         await session.refresh(run)
-        return run
+        return _audit_cancel(session, ctx, run, RunStatus(run.status), changed=False)
     run, was = moved
     await finish_cancelled(session, run, was)
     if was is RunStatus.running or run.attempt > 0:
         await release_agent(session, run.agent_id, run.id, reason="run cancelled")
+    return _audit_cancel(session, ctx, run, was, changed=True)
+
+
+def _audit_cancel(
+    session: AsyncSession, ctx: ProjectContext, run: Run, was: RunStatus, *, changed: bool
+) -> Run:
+    """API.md: a cancel is audited also when it leaves the run as it was (already finished)."""
     audit.record(
         session,
         ctx.principal,
@@ -157,7 +164,7 @@ async def cancel(session: AsyncSession, ctx: ProjectContext, run_id: uuid.UUID) 
         project_id=ctx.project.id,
         target_type="run",
         target_id=run.id,
-        details={"from_status": was.value},
+        details={"from_status": was.value, "changed": changed},
     )
     return run
 
