@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     FIRST_SUPERUSER_PASSWORD: SecretStr | None = None
     REGISTRATION_ENABLED: bool = True
     CORS_ORIGINS: list[str] = []
+    # Request bodies over this are refused (413) before they are read whole.
+    MAX_REQUEST_BODY_BYTES: int = Field(1_048_576, ge=1024)
 
     RATE_LIMIT_ENABLED: bool = True
     RATE_LIMIT_MULTIPLIER: float = Field(1.0, gt=0)

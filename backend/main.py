@@ -16,6 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from backend.api import api_router
 from backend.config import Settings, get_settings
+from backend.core.bodylimit import BodyLimitMiddleware
 from backend.core.db import autocommit, create_engine, create_sessionmaker
 from backend.core.errors import install_error_handlers
 from backend.core.logging import configure_logging
@@ -101,6 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    # Innermost: its 413s pass CORS and RequestContextMiddleware (X-Request-ID, access log).
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_REQUEST_BODY_BYTES)
     if settings.CORS_ORIGINS:
         app.add_middleware(
             CORSMiddleware,
