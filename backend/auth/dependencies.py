@@ -175,12 +175,12 @@ def rate_limit(name: str, default: str):
     return Depends(dependency)
 
 
-def ip_rate_limit(name: str, default: str):
-    """Per-client-IP limit for an anonymous route."""
+def ip_rate_limit(name: str, default: str, *, fail_closed: bool = False):
+    """Per-client-IP limit for an anonymous route (`fail_closed`: 503 while Redis is down)."""
 
     async def dependency(request: Request, response: Response) -> None:
         await request.app.state.limiter.enforce(
-            name, default, client_ip(request), response, request
+            name, default, client_ip(request), response, request, fail_closed=fail_closed
         )
 
     return Depends(dependency)
