@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import typer
+import uvicorn
 
 from backend.config import Settings
 
@@ -82,20 +83,24 @@ def _banner(settings: Settings, embedded: bool, dev_password: str | None) -> str
     )
 
 
-async def _serve(settings: Settings, *, with_worker: bool) -> None:
-    import uvicorn
+def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
+    """Proxy headers are honoured only from FORWARDED_ALLOW_IPS (by default from nobody:
+    uvicorn's own default trusts localhost, so any local client could forge its IP)."""
+    trusted = settings.forwarded_allow_ips
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.HOST,
+        port=settings.PORT,
+        log_config=None,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted,
+    )
 
+
+async def _serve(settings: Settings, *, with_worker: bool) -> None:
     from backend.main import create_app
 
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings),
-            host=settings.HOST,
-            port=settings.PORT,
-            log_config=None,
-            proxy_headers=True,
-        )
-    )
+    server = uvicorn.Server(uvicorn_config(settings, create_app(settings)))
     worker = None
     if with_worker:
         from backend.worker import run_worker

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -38,6 +39,9 @@ class Settings(BaseSettings):
     FIRST_SUPERUSER_PASSWORD: SecretStr | None = None
     REGISTRATION_ENABLED: bool = True
     CORS_ORIGINS: list[str] = []
+    # Peers whose X-Forwarded-For/-Proto are believed (comma-separated IPs or CIDRs, "*" for
+    # any). Empty: none, so a client cannot choose the IP its anonymous rate limits count on.
+    FORWARDED_ALLOW_IPS: str = ""
     # Request bodies over this are refused (413) before they are read whole.
     MAX_REQUEST_BODY_BYTES: int = Field(1_048_576, ge=1024)
 
@@ -87,6 +91,21 @@ class Settings(BaseSettings):
             return [o.strip() for o in v.split(",") if o.strip()]
         return v
 
+    @field_validator("FORWARDED_ALLOW_IPS")
+    @classmethod
+    def _check_forwarded(cls, v: str) -> str:
+        for entry in _split(v):
+            if entry != "*":
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(f"not an IP address or CIDR network: {entry!r}") from None
+        return v
+
+    @property
+    def forwarded_allow_ips(self) -> list[str]:
+        return _split(self.FORWARDED_ALLOW_IPS)
+
     @model_validator(mode="after")
     def _enforce_secrets(self) -> Settings:
         if self.ENVIRONMENT == "dev":
@@ -110,6 +129,10 @@ class Settings(BaseSettings):
     def secret_key(self) -> str:
         assert self.SECRET_KEY is not None, "SECRET_KEY is resolved before the app starts"
         return self.SECRET_KEY.get_secret_value()
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 @lru_cache
