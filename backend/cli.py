@@ -31,26 +31,20 @@ def migrate_to_head(url: str) -> None:
 
 
 async def bootstrap(settings: Settings, *, seed: bool) -> None:
-    """First superuser (and, in dev, the demo agent types), in one transaction."""
+    """First superuser (the API's startup creates it too), and, in dev, the demo agent types."""
     from backend.auth import service as auth_service
     from backend.core.db import create_engine, create_sessionmaker
 
     engine = create_engine(settings.DATABASE_URL, pool_size=1, max_overflow=0)  # type: ignore[arg-type]
     try:
         async with create_sessionmaker(engine)() as session:
-            if settings.FIRST_SUPERUSER_EMAIL and settings.FIRST_SUPERUSER_PASSWORD:
-                created = await auth_service.ensure_superuser(
-                    session,
-                    settings.FIRST_SUPERUSER_EMAIL,
-                    settings.FIRST_SUPERUSER_PASSWORD.get_secret_value(),
-                )
-                if created:
-                    typer.echo(f"Created superuser {settings.FIRST_SUPERUSER_EMAIL}")
+            if await auth_service.ensure_first_superuser(settings, session):
+                typer.echo(f"Created superuser {settings.FIRST_SUPERUSER_EMAIL}")
             if seed:
                 from backend.agent_types.seed import seed_fake_types
 
                 await seed_fake_types(session)
-            await session.commit()
+                await session.commit()
     finally:
         await engine.dispose()
 
@@ -155,9 +149,7 @@ def dev() -> None:
 @app.command()
 def api() -> None:
     """Serve the API only (production): DATABASE_URL, REDIS_URL and SECRET_KEY required."""
-    settings = Settings()
-    asyncio.run(bootstrap(settings, seed=False))
-    asyncio.run(_serve(settings, with_worker=False))
+    asyncio.run(_serve(Settings(), with_worker=False))  # its startup creates the superuser
 
 
 @app.command()
@@ -176,6 +168,8 @@ def migrate() -> None:
         raise typer.BadParameter("DATABASE_URL is not set")
     migrate_to_head(settings.DATABASE_URL)
     typer.echo("Database is at head.")
+    # Before any API serves (and registration opens): nobody can claim the admin's email first.
+    asyncio.run(bootstrap(settings, seed=False))
 
 
 @app.command("create-superuser")

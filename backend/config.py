@@ -11,6 +11,27 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _WEAK_SECRETS = {"", "changeme", "change-me", "secret", "dev"}
+# Defaults published somewhere (ours: `agentry dev`'s agentry-admin) or guessed first.
+_WEAK_PASSWORDS = _WEAK_SECRETS | {
+    "agentry-admin",
+    "agentry",
+    "admin",
+    "administrator",
+    "password",
+    "password1",
+    "password123",
+    "12345678",
+    "123456789",
+    "qwertyuiop",
+    "letmein",
+    "changeit",
+    "change-it",
+    "changemenow",
+}
+
+
+def _weak_password(password: str) -> bool:
+    return len(password) < 8 or password.strip().lower() in _WEAK_PASSWORDS
 
 
 class Settings(BaseSettings):
@@ -116,12 +137,11 @@ class Settings(BaseSettings):
                 "SECRET_KEY must be set to a random string of at least 32 characters "
                 "outside dev mode (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
             )
-        if self.FIRST_SUPERUSER_PASSWORD and self.FIRST_SUPERUSER_PASSWORD.get_secret_value() in (
-            "changeme",
-            "change-me",
-        ):
+        password = self.FIRST_SUPERUSER_PASSWORD
+        if password is not None and _weak_password(password.get_secret_value()):
             raise ValueError(
-                "FIRST_SUPERUSER_PASSWORD must not be a default value outside dev mode"
+                "FIRST_SUPERUSER_PASSWORD must be at least 8 characters and not a published "
+                "default (such as `agentry-admin`, `changeme` or `password`) outside dev mode"
             )
         return self
 
