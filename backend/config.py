@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     RUN_EVENTS_RETENTION_SECONDS: int = Field(3600, ge=1)
     # SSE comment line sent while a run is quiet (API.md: at least every 15 s).
     SSE_KEEPALIVE_SECONDS: float = Field(15.0, gt=0, le=15)
+    # Long-lived requests (SSE streams, ?wait submits, WebSockets) open at once per caller.
+    MAX_STREAMS_PER_CALLER: int = Field(20, ge=1)
+    # How often a long-lived request re-checks its caller's access (ended once it is lost).
+    STREAM_RECHECK_SECONDS: float = Field(5.0, gt=0, le=60)
 
     DB_POOL_SIZE: int = Field(20, ge=1)
     DB_MAX_OVERFLOW: int = Field(20, ge=0)
