@@ -21,9 +21,13 @@ async def waiting_on_locks(engine) -> int:
         )
 
 
-async def until_waiting(engine, count: int) -> None:
+async def until_waiting(engine, count: int, *requests: asyncio.Task) -> None:
+    """Until `count` backends wait on a lock; the requests must all still be pending."""
     deadline = time.monotonic() + 10
     while await waiting_on_locks(engine) < count:
+        for request in requests:
+            if request.done():
+                raise AssertionError(f"answered instead of waiting: {request.result().text}")
         assert time.monotonic() < deadline, f"fewer than {count} requests waiting on a lock"
         await asyncio.sleep(0.02)
 
@@ -38,7 +42,7 @@ async def test_spawn_queued_behind_a_delete_is_refused(client, auth, agents, eng
         # deletion first.
         await holder.execute(select(Project.id).where(Project.id == project.id).with_for_update())
         delete = asyncio.create_task(client.delete(url, headers=owner.headers))
-        await until_waiting(engine, 1)
+        await until_waiting(engine, 1, delete)
         spawn = asyncio.create_task(
             client.post(
                 f"{url}/agents",
@@ -46,7 +50,7 @@ async def test_spawn_queued_behind_a_delete_is_refused(client, auth, agents, eng
                 headers=owner.headers,
             )
         )
-        await until_waiting(engine, 2)
+        await until_waiting(engine, 2, delete, spawn)
         await holder.rollback()
         deleted, spawned = await delete, await spawn
     assert deleted.status_code == 204, deleted.text
@@ -72,9 +76,9 @@ async def test_spawn_ahead_of_a_delete_is_terminated_with_the_project(
                 headers=owner.headers,
             )
         )
-        await until_waiting(engine, 1)
+        await until_waiting(engine, 1, spawn)
         delete = asyncio.create_task(client.delete(url, headers=owner.headers))
-        await until_waiting(engine, 2)
+        await until_waiting(engine, 2, spawn, delete)
         await holder.rollback()
         spawned, deleted = await spawn, await delete
     assert spawned.status_code == 201, spawned.text
