@@ -94,12 +94,14 @@ def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
 async def _serve(settings: Settings, *, with_worker: bool) -> None:
     from backend.main import create_app
 
-    server = uvicorn.Server(uvicorn_config(settings, create_app(settings)))
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn_config(settings, app))
     worker = None
     if with_worker:
         from backend.worker import run_worker
 
         worker = await run_worker(settings)
+        app.state.worker = worker  # /ready reports its health too
     try:
         await server.serve()
     finally:
@@ -154,10 +156,37 @@ def api() -> None:
 
 @app.command()
 def worker() -> None:
-    """Run an ARQ worker (the same as `arq backend.worker.WorkerSettings`)."""
+    """Run a worker process: executes runs until SIGINT/SIGTERM; survives Redis and Postgres
+    outages (it reconnects by itself)."""
     from backend.worker import main as worker_main
 
     worker_main()
+
+
+@app.command("worker-health")
+def worker_health() -> None:
+    """Exit 0 if the worker writing WORKER_HEALTH_FILE reached Redis and Postgres at its last
+    heartbeat, and that heartbeat is recent (a container healthcheck); else exit 1."""
+    import json
+    import time
+
+    settings = Settings()
+    if not settings.WORKER_HEALTH_FILE:
+        raise typer.BadParameter("WORKER_HEALTH_FILE is not set")
+    path = Path(settings.WORKER_HEALTH_FILE)
+    try:
+        health = json.loads(path.read_text())
+        age = time.time() - path.stat().st_mtime
+    except (OSError, ValueError):
+        typer.echo("unhealthy: no health file yet", err=True)
+        raise typer.Exit(1) from None
+    if age > 3 * settings.WORKER_HEARTBEAT_SECONDS + 1:
+        typer.echo(f"unhealthy: last heartbeat {age:.0f} s ago", err=True)
+        raise typer.Exit(1)
+    if not health.get("healthy"):
+        typer.echo(f"unhealthy: redis={health.get('redis')} database={health.get('database')}")
+        raise typer.Exit(1)
+    typer.echo("healthy")
 
 
 @app.command()

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     # Each worker refreshes its liveness key (TTL below) and its running runs' heartbeat_at.
     WORKER_HEARTBEAT_SECONDS: float = Field(5.0, gt=0)
     WORKER_TTL_SECONDS: float = Field(30.0, gt=0)
+    # A job a worker took stays its own this long without renewal (the worker renews it while
+    # alive): after a crash, another worker takes the job again within this.
+    WORKER_LEASE_SECONDS: float = Field(15.0, ge=1)
+    # Where `agentry worker` writes its health (for `agentry worker-health`); unset: nowhere.
+    WORKER_HEALTH_FILE: str | None = None
     # Sweeper (re-enqueue lost queued runs) and reaper (recover runs of dead workers) period.
     RUN_SWEEP_INTERVAL_SECONDS: int = Field(5, ge=1, le=30)
     # A running run whose heartbeat is older than its attempt timeout + this grace is reaped.

@@ -152,15 +152,15 @@ _UNAVAILABLE_SQLSTATES = ("08", "53", "57P01", "57P02", "57P03")
 
 
 def is_connection_error(exc: BaseException) -> bool:
+    """The database (through SQLAlchemy, or asyncpg directly) is unreachable or refusing for
+    now: try again later. Anything else is an answer."""
     if isinstance(exc, DBAPIError):
-        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-        return (
-            bool(exc.connection_invalidated)
-            or isinstance(exc.orig, OSError | ConnectionError)
-            or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
-        )
+        return bool(exc.connection_invalidated) or is_connection_error(exc.orig)
+    sqlstate = getattr(exc, "sqlstate", None) or ""
     # PoolTimeoutError: every pooled connection stayed busy for pool_timeout seconds.
-    return isinstance(exc, OSError | ConnectionError | TimeoutError | PoolTimeoutError)
+    return sqlstate.startswith(_UNAVAILABLE_SQLSTATES) or isinstance(
+        exc, OSError | ConnectionError | TimeoutError | PoolTimeoutError
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import structlog
 from prometheus_client import Histogram
-from sqlalchemy import func, select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
@@ -50,6 +51,7 @@ RUN_EVENTS_KEY = "agentry:run:{run_id}:events"  # a run's event stream
 _COST_SCALE = Decimal("1e-10")  # the NUMERIC(20, 10) columns' scale
 _TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 _ROLLUP_KEY = ["project_id", "bucket", "agent_id", "provider", "model"]
+_ROLLUP_TOKENS = "u.input_tokens + u.output_tokens + u.cache_read_tokens + u.cache_write_tokens"
 
 RUN_DURATION = Histogram(
     "agentry_run_duration_seconds",
@@ -63,13 +65,6 @@ def hour_bucket(at: datetime) -> datetime:
     """The UTC hour a moment falls in; naive datetimes are taken as UTC."""
     at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
     return at.replace(minute=0, second=0, microsecond=0)
-
-
-def month_window(now: datetime) -> tuple[datetime, datetime]:
-    """[start, end) of the UTC calendar month containing ``now``."""
-    start = hour_bucket(now).replace(day=1, hour=0)
-    end = (start + timedelta(days=32)).replace(day=1)
-    return start, end
 
 
 async def record_call(
@@ -171,6 +166,56 @@ def observe_finished(status: str, started_at: datetime | None, finished_at: date
         RUN_DURATION.labels(status).observe(seconds)
 
 
+# The budget rule, once: a project's committed usage in the UTC calendar month of `now` against
+# its limits. One SQL subquery (columns below) for every reader: submit (check_budget), the
+# worker's claim (backend/runs/pipeline.py) and the metrics. `project` and `now` are SQL
+# expressions. Projects without a budget give no row, so the month's sum is never computed
+# for them.
+def budget_sql(project: str, now: str) -> str:
+    month = f"date_trunc('month', {now} AT TIME ZONE 'UTC')"
+    return f"""(
+    SELECT p.monthly_cost_limit_usd AS cost_limit, p.monthly_token_limit AS token_limit,
+        s.cost AS month_cost, s.tokens AS month_tokens,
+        coalesce(s.cost >= p.monthly_cost_limit_usd, false) AS cost_spent,
+        coalesce(s.tokens >= p.monthly_token_limit, false) AS tokens_spent
+    FROM projects p CROSS JOIN LATERAL (
+        SELECT coalesce(sum(u.cost_usd), 0) AS cost,
+            coalesce(sum({_ROLLUP_TOKENS}), 0)::bigint AS tokens
+        FROM usage_rollups u
+        WHERE u.project_id = p.id AND u.bucket >= {month} AT TIME ZONE 'UTC'
+            AND u.bucket < ({month} + interval '1 month') AT TIME ZONE 'UTC'
+    ) s
+    WHERE p.id = {project}
+        AND (p.monthly_cost_limit_usd IS NOT NULL OR p.monthly_token_limit IS NOT NULL)
+)"""
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    cost_limit: Decimal | None
+    token_limit: int | None
+    month_cost: Decimal
+    month_tokens: int
+    cost_spent: bool
+    tokens_spent: bool
+
+    @property
+    def exhausted(self) -> bool:
+        return self.cost_spent or self.tokens_spent
+
+
+_BUDGET = text(f"SELECT * FROM {budget_sql(':project_id', 'CAST(:now AS timestamptz)')} b")
+
+
+async def budget_state(
+    session: AsyncSession, project_id: uuid.UUID, *, now: datetime | None = None
+) -> BudgetState | None:
+    """The project's budget and this month's committed spend; None without a budget."""
+    params = {"project_id": project_id, "now": now or utcnow()}
+    row = (await session.execute(_BUDGET, params)).first()
+    return None if row is None else BudgetState(**row._mapping)
+
+
 async def check_budget(
     session: AsyncSession, project: Project, *, now: datetime | None = None
 ) -> None:
@@ -179,51 +224,29 @@ async def check_budget(
     Holds ``FOR NO KEY UPDATE`` on the project row until the caller's transaction ends, so
     submits of one project serialize with each other and with budget changes (the row lock of
     ``PATCH /projects``), while foreign-key checks of inserts into the project are not blocked.
-    Spend is what record_call has committed: runs already queued or running when the limit is
-    reached may cross it by what they consume; after that every submit is refused.
+    Spend is what has committed: runs already queued when the limit is reached end
+    ``budget_exceeded`` when a worker claims them; a running one may cross it by one call.
     """
     if project.monthly_cost_limit_usd is None and project.monthly_token_limit is None:
         return  # no budget: no lock, no query (the common, fast path)
-    limits = (
-        await session.execute(
-            select(Project.monthly_cost_limit_usd, Project.monthly_token_limit)
-            .where(Project.id == project.id)
-            .with_for_update(key_share=True)
-        )
-    ).one()
-    cost_limit, token_limit = limits
-    cost, tokens = await month_usage(session, project.id, now=now)
-    if cost_limit is not None and cost >= cost_limit:
-        raise BudgetExceeded(
-            f"The project's monthly cost limit of ${cost_limit} is spent "
-            f"(${to_money(cost)} this month); raise it or wait for next month"
-        )
-    if token_limit is not None and tokens >= token_limit:
-        raise BudgetExceeded(
-            f"The project's monthly token limit of {token_limit} is spent "
-            f"({tokens} tokens this month); raise it or wait for next month"
-        )
+    await session.execute(
+        select(Project.id).where(Project.id == project.id).with_for_update(key_share=True)
+    )
+    state = await budget_state(session, project.id, now=now)
+    if state is not None and state.exhausted:
+        raise BudgetExceeded(budget_message(state))
 
 
-async def month_usage(
-    session: AsyncSession, project_id: uuid.UUID, *, now: datetime | None = None
-) -> tuple[Decimal, int]:
-    """Known cost and total tokens of the project in the UTC calendar month of ``now``."""
-    start, end = month_window(now or utcnow())
-    r = UsageRollup
-    row = (
-        await session.execute(
-            select(
-                _sum(r.cost_usd),
-                _sum(r.input_tokens + r.output_tokens + r.cache_read_tokens + r.cache_write_tokens),
-            ).where(r.project_id == project_id, r.bucket >= start, r.bucket < end)
+def budget_message(state: BudgetState) -> str:
+    if state.cost_spent:
+        return (
+            f"The project's monthly cost limit of ${state.cost_limit} is spent "
+            f"(${to_money(state.month_cost)} this month); raise it or wait for next month"
         )
-    ).one()
-    return Decimal(row[0]), int(row[1])
-
-
-def _sum(column: Any) -> Any:
-    return func.coalesce(func.sum(column), 0)
+    return (
+        f"The project's monthly token limit of {state.token_limit} is spent "
+        f"({state.month_tokens} tokens this month); raise it or wait for next month"
+    )
 
 
 async def _add_to_run(

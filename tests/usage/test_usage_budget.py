@@ -86,7 +86,9 @@ async def test_cost_limit_boundary_spend_equal_is_refused_just_below_is_not(
     await spend(world, agent, 1)  # exactly $1.000000
     with pytest.raises(BudgetExceeded, match=r"monthly cost limit of \$1.000000"):
         await check(sessions, world, NOW)
-    assert await service.month_usage(world.db, world.project.id, now=NOW) == (1, 1_000_000)
+    state = await service.budget_state(world.db, world.project.id, now=NOW)
+    assert state is not None
+    assert (state.month_cost, state.month_tokens, state.cost_spent) == (1, 1_000_000, True)
 
 
 async def test_zero_limit_refuses_everything(
