@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import typer
+import uvicorn
 
 from backend.config import Settings
 
@@ -30,26 +31,20 @@ def migrate_to_head(url: str) -> None:
 
 
 async def bootstrap(settings: Settings, *, seed: bool) -> None:
-    """First superuser (and, in dev, the demo agent types), in one transaction."""
+    """First superuser (the API's startup creates it too), and, in dev, the demo agent types."""
     from backend.auth import service as auth_service
     from backend.core.db import create_engine, create_sessionmaker
 
     engine = create_engine(settings.DATABASE_URL, pool_size=1, max_overflow=0)  # type: ignore[arg-type]
     try:
         async with create_sessionmaker(engine)() as session:
-            if settings.FIRST_SUPERUSER_EMAIL and settings.FIRST_SUPERUSER_PASSWORD:
-                created = await auth_service.ensure_superuser(
-                    session,
-                    settings.FIRST_SUPERUSER_EMAIL,
-                    settings.FIRST_SUPERUSER_PASSWORD.get_secret_value(),
-                )
-                if created:
-                    typer.echo(f"Created superuser {settings.FIRST_SUPERUSER_EMAIL}")
+            if await auth_service.ensure_first_superuser(settings, session):
+                typer.echo(f"Created superuser {settings.FIRST_SUPERUSER_EMAIL}")
             if seed:
                 from backend.agent_types.seed import seed_fake_types
 
                 await seed_fake_types(session)
-            await session.commit()
+                await session.commit()
     finally:
         await engine.dispose()
 
@@ -82,21 +77,25 @@ def _banner(settings: Settings, embedded: bool, dev_password: str | None) -> str
     )
 
 
-async def _serve(settings: Settings, *, with_worker: bool) -> None:
-    import uvicorn
+def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
+    """Proxy headers are honoured only from FORWARDED_ALLOW_IPS (by default from nobody:
+    uvicorn's own default trusts localhost, so any local client could forge its IP)."""
+    trusted = settings.forwarded_allow_ips
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.HOST,
+        port=settings.PORT,
+        log_config=None,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted,
+    )
 
+
+async def _serve(settings: Settings, *, with_worker: bool) -> None:
     from backend.main import create_app
 
     app = create_app(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=settings.HOST,
-            port=settings.PORT,
-            log_config=None,
-            proxy_headers=True,
-        )
-    )
+    server = uvicorn.Server(uvicorn_config(settings, app))
     worker = None
     if with_worker:
         from backend.worker import run_worker
@@ -152,9 +151,7 @@ def dev() -> None:
 @app.command()
 def api() -> None:
     """Serve the API only (production): DATABASE_URL, REDIS_URL and SECRET_KEY required."""
-    settings = Settings()
-    asyncio.run(bootstrap(settings, seed=False))
-    asyncio.run(_serve(settings, with_worker=False))
+    asyncio.run(_serve(Settings(), with_worker=False))  # its startup creates the superuser
 
 
 @app.command()
@@ -200,6 +197,8 @@ def migrate() -> None:
         raise typer.BadParameter("DATABASE_URL is not set")
     migrate_to_head(settings.DATABASE_URL)
     typer.echo("Database is at head.")
+    # Before any API serves (and registration opens): nobody can claim the admin's email first.
+    asyncio.run(bootstrap(settings, seed=False))
 
 
 @app.command("create-superuser")

@@ -22,6 +22,7 @@ from backend.audit import service as audit
 from backend.core.db import utcnow
 from backend.core.errors import Conflict, NotFound, ValidationFailed
 from backend.core.schemas import PageParams
+from backend.projects import service as projects_service
 from backend.projects.dependencies import ProjectContext
 from backend.runs import service as runs_service
 from backend.runs.models import Run
@@ -114,6 +115,7 @@ async def list_agents(
 async def spawn(session: AsyncSession, ctx: ProjectContext, data: AgentCreate) -> dict[str, Any]:
     if data.project_id is not None and data.project_id != ctx.project.id:
         raise ValidationFailed("project_id must match the project in the path", field="project_id")
+    await projects_service.lock_for_spawn(session, ctx.project.id)
     # Share-locked until commit: a concurrent delete or deactivation of the type waits for us.
     agent_type = await agent_types_service.lock_for_spawn(session, data.agent_type_id)
     agent = Agent(

@@ -189,6 +189,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, RecursionError):
+            # FastAPI's body parse gave up: JSON nested far deeper than any field allows.
+            return envelope(request, 422, "validation_error", "The JSON body is nested too deeply")
         code = _HTTP_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return envelope(request, exc.status_code, code, message, headers=exc.headers)

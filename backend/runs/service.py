@@ -129,12 +129,19 @@ async def cancel(session: AsyncSession, ctx: ProjectContext, run_id: uuid.UUID) 
     """Queued → cancelled at once; running → cancelled now, its worker stops within seconds."""
     run = await get(session, ctx, run_id)
     if RunStatus(run.status) in FINISHED:
-        return run
+        return _audit_cancel(session, ctx, run, run.status, changed=False)
     job = {"run_id": run.id, "agent_id": run.agent_id}
     [moved] = await _cancel(session, [job]) or [None]
     await session.refresh(run)  # as committed by the statement (or by whoever ended it first)
     if moved is None:  # it finished meanwhile: answered unchanged
-        return run
+        return _audit_cancel(session, ctx, run, run.status, changed=False)
+    return _audit_cancel(session, ctx, run, moved.from_status, changed=True)
+
+
+def _audit_cancel(
+    session: AsyncSession, ctx: ProjectContext, run: Run, from_status: str, *, changed: bool
+) -> Run:
+    """API.md: a cancel is audited also when it leaves the run as it was (already finished)."""
     audit.record(
         session,
         ctx.principal,
@@ -142,7 +149,7 @@ async def cancel(session: AsyncSession, ctx: ProjectContext, run_id: uuid.UUID) 
         project_id=ctx.project.id,
         target_type="run",
         target_id=run.id,
-        details={"from_status": moved.from_status},
+        details={"from_status": from_status, "changed": changed},
     )
     return run
 
