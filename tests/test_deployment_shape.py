@@ -23,7 +23,10 @@ def test_api_and_worker_restart_and_have_real_healthchecks() -> None:
     for name in ("api", "worker"):
         assert services[name]["restart"] == "unless-stopped", name
     assert services["worker"]["command"] == ["agentry", "worker"]
-    assert "worker" in commands
+    assert services["api"]["command"] == ["agentry", "api"]
+    assert {"worker", "api"} <= set(commands)
+    assert services["api"]["environment"]["HOST"] == "0.0.0.0"
+    assert "FORWARDED_ALLOW_IPS" in services["api"]["environment"]
 
     worker_check = services["worker"]["healthcheck"]["test"]
     assert worker_check[1:3] == ["agentry", "worker-health"]

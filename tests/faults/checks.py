@@ -23,13 +23,17 @@ _PENDING = """SELECT id, input, status, attempt, worker_id, error FROM runs
     WHERE project_id = $1 AND status <> ALL($2::text[]) ORDER BY seq"""
 
 
-async def all_final(db: Db, api: Api, *, within: float) -> None:
-    """Every run of the project reaches a final status within `within` seconds."""
-    deadline = time.monotonic() + within
+async def all_final(db: Db, api: Api, *, within: float) -> float:
+    """Every run of the project reaches a final status within `within` seconds; how long it
+    took (printed: `pytest tests/faults -s` shows each scenario's recovery time)."""
+    started = time.monotonic()
+    deadline = started + within
     while True:
         pending = await db.fetch(_PENDING, api.project_id, list(FINAL))
         if not pending:
-            return
+            took = time.monotonic() - started
+            print(f"\nall runs final {took:.1f} s after the fault cleared")
+            return took
         if time.monotonic() > deadline:
             rows = "\n".join(f"  {dict(r)}" for r in pending)
             raise AssertionError(
