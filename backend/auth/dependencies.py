@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any, NamedTuple
 
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -167,10 +167,8 @@ def client_ip(request: Request) -> str:
 def rate_limit(name: str, default: str):
     """Per-caller limit for an authenticated route (user id, or API key id)."""
 
-    async def dependency(request: Request, response: Response, principal: CurrentPrincipal) -> None:
-        await request.app.state.limiter.enforce(
-            name, default, principal.identity, response, request
-        )
+    async def dependency(request: Request, principal: CurrentPrincipal) -> None:
+        await request.app.state.limiter.enforce(name, default, principal.identity, request)
 
     return Depends(dependency)
 
@@ -178,9 +176,9 @@ def rate_limit(name: str, default: str):
 def ip_rate_limit(name: str, default: str, *, fail_closed: bool = False):
     """Per-client-IP limit for an anonymous route (`fail_closed`: 503 while Redis is down)."""
 
-    async def dependency(request: Request, response: Response) -> None:
+    async def dependency(request: Request) -> None:
         await request.app.state.limiter.enforce(
-            name, default, client_ip(request), response, request, fail_closed=fail_closed
+            name, default, client_ip(request), request, fail_closed=fail_closed
         )
 
     return Depends(dependency)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import APIRouter, Depends, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from backend.audit import service as audit
@@ -39,10 +39,10 @@ _GUARDED = {**_ANON, **error_responses(503)}
 _AUTHED = error_responses(401, 403, 422, 429)
 
 
-async def _limit_email(request: Request, response: Response, name: str, email: str) -> None:
+async def _limit_email(request: Request, name: str, email: str) -> None:
     # Against password guessing spread over many IPs: a budget per target email too.
     await request.app.state.limiter.enforce(
-        name, "10/minute", email.strip().lower(), response, request, fail_closed=True
+        name, "10/minute", email.strip().lower(), request, fail_closed=True
     )
 
 
@@ -55,17 +55,17 @@ async def _limit_email(request: Request, response: Response, name: str, email: s
     responses={**_GUARDED, **error_responses(403, 409)},
     dependencies=[ip_rate_limit("auth.register", "10/minute", fail_closed=True)],
 )
-async def register(body: RegisterIn, request: Request, response: Response, session: Session):
+async def register(body: RegisterIn, request: Request, session: Session):
     if not request.app.state.settings.REGISTRATION_ENABLED:
         raise Forbidden("Registration is disabled")
-    await _limit_email(request, response, "auth.register.email", body.email)
+    await _limit_email(request, "auth.register.email", body.email)
     user = await service.create_user(session, UserCreate(**body.model_dump()))
     audit.record(session, None, "user.register", target_type="user", target_id=user.id)
     return user
 
 
-async def _login(request: Request, response: Response, session, email: str, password: str):
-    await _limit_email(request, response, "auth.login.email", email)
+async def _login(request: Request, session, email: str, password: str):
+    await _limit_email(request, "auth.login.email", email)
     tokens = await service.login(request.app.state.settings, session, email, password)
     return TokenPair(**tokens.__dict__)
 
@@ -78,8 +78,8 @@ async def _login(request: Request, response: Response, session, email: str, pass
     responses={**_GUARDED, **error_responses(401)},
     dependencies=[ip_rate_limit("auth.login", "30/minute", fail_closed=True)],
 )
-async def login(body: LoginIn, request: Request, response: Response, session: Session):
-    return await _login(request, response, session, body.email, body.password)
+async def login(body: LoginIn, request: Request, session: Session):
+    return await _login(request, session, body.email, body.password)
 
 
 @router.post(
@@ -93,10 +93,9 @@ async def login(body: LoginIn, request: Request, response: Response, session: Se
 async def login_form(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     request: Request,
-    response: Response,
     session: Session,
 ):
-    return await _login(request, response, session, form.username[:320], form.password[:1024])
+    return await _login(request, session, form.username[:320], form.password[:1024])
 
 
 @router.post(

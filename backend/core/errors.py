@@ -122,11 +122,7 @@ def envelope(
     }
     if details is not None:
         body["details"] = details
-    # A rate-limited route's error answers carry its X-RateLimit-* headers too.
-    limit_headers = getattr(request.state, "rate_limit_headers", None) or {}
-    return JSONResponse(
-        {"error": body}, status_code=status, headers={**limit_headers, **(headers or {})}
-    )
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
 def _field_of(loc: tuple[Any, ...]) -> str:

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.core.errors import unexpected_error_response
 from backend.core.logging import innermost_frame
+from backend.core.ratelimit import RATE_LIMIT_STATE_KEY
 
 log = structlog.get_logger("agentry.access")
 
@@ -54,11 +55,8 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [
-                    *message["headers"],
-                    (b"x-request-id", rid.encode()),
-                ]
+                headers = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
+                message["headers"] = _with_rate_limits(headers, scope["state"])
             await send(message)
 
         try:
@@ -96,6 +94,17 @@ class RequestContextMiddleware:
             status=status,
             duration_ms=round(elapsed * 1000, 2),
         )
+
+
+def _with_rate_limits(headers: list[Any], state: dict[str, Any]) -> list[Any]:
+    """The X-RateLimit-* headers of the route's limiter (core/ratelimit.py puts them in the
+    request's state), on whatever response leaves: a model, a JSONResponse, an error, a
+    stream. The one place they are added."""
+    limits = state.get(RATE_LIMIT_STATE_KEY)
+    if not limits:
+        return headers
+    present = {name.lower() for name, _ in headers}
+    return headers + [(n, v) for n, v in limits if n not in present]
 
 
 # (method, route template, status) -> the labelled children: labels() locks and validates

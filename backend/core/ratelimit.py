@@ -22,7 +22,6 @@ import structlog
 from limits import RateLimitItem, parse
 from prometheus_client import Counter
 from starlette.requests import Request
-from starlette.responses import Response
 
 from backend.core.errors import RateLimited, Unavailable
 from backend.core.redis_pipe import RedisPipe, RedisReplyError
@@ -42,6 +41,8 @@ end
 return {count, redis.call('PTTL', KEYS[1])}
 """
 _HIT_SHA = hashlib.sha1(_HIT_SCRIPT.encode()).hexdigest()
+# Where a request's verdict waits for its response (scope["state"], i.e. request.state).
+RATE_LIMIT_STATE_KEY = "rate_limit_headers"
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,7 @@ class RateLimiter:
         name: str,
         default: str,
         identity: str,
-        response: Response,
-        request: Request | None = None,
+        request: Request,
         *,
         fail_closed: bool = False,
     ) -> None:
@@ -135,14 +135,12 @@ class RateLimiter:
         if verdict is None:
             return
         headers = verdict.headers()
-        if request is not None:
-            # Error envelopes (401/403/404/422 raised later in the request) carry them too.
-            request.state.rate_limit_headers = headers
+        # Every response of the request carries them (core/middleware.py), whatever it is.
+        request.scope.setdefault("state", {})[RATE_LIMIT_STATE_KEY] = [
+            (name.lower().encode(), value.encode()) for name, value in headers.items()
+        ]
         if not verdict.allowed:
-            raise RateLimited(
-                f"Rate limit of {verdict.limit} per window exceeded; retry later", headers=headers
-            )
-        response.headers.update(headers)
+            raise RateLimited(f"Rate limit of {verdict.limit} per window exceeded; retry later")
 
     async def aclose(self) -> None:
         await self.redis.aclose()

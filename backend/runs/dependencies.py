@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, NamedTuple
 
-from fastapi import Depends, Path, Query, Request, Response
+from fastapi import Depends, Path, Query, Request
 from starlette.requests import HTTPConnection
 
 from backend.auth.dependencies import Principal, api_key_header, authenticate, oauth2
@@ -68,7 +68,6 @@ async def authorize(
 
 async def _stream_reader(
     request: Request,
-    response: Response,
     session: Session,
     project_id: Annotated[uuid.UUID, Path(description="Project id")],
     access_token: AccessTokenQuery = None,
@@ -85,7 +84,7 @@ async def _stream_reader(
         api_key=credentials.api_key,
     )
     await request.app.state.limiter.enforce(
-        "runs.events", "60/minute", ctx.principal.identity, response, request
+        "runs.events", "60/minute", ctx.principal.identity, request
     )
     return StreamAccess(ctx, credentials)
 

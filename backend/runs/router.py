@@ -102,7 +102,7 @@ class Submit:
             create=create,
         )
         if lease is None:
-            return _with_limits(request, respond(result))
+            return respond(result)
         await commit(session)  # the run exists and is enqueued before we wait for it
         run_id = result.body.id if isinstance(result, Outcome) else uuid.UUID(result.body["id"])
         state = request.app.state
@@ -111,13 +111,7 @@ class Submit:
         )
         done = RunStatus(run.status) in FINISHED
         headers = {"Location": service.location(ctx.project.id, run.id)}
-        return _with_limits(request, JSONResponse(run_json(run), 200 if done else 202, headers))
-
-
-def _with_limits(request: Request, response: JSONResponse) -> JSONResponse:
-    """Returned responses bypass FastAPI's header merge: carry the rate-limit headers here."""
-    response.headers.update(getattr(request.state, "rate_limit_headers", None) or {})
-    return response
+        return JSONResponse(run_json(run), 200 if done else 202, headers)
 
 
 @router.get(
@@ -218,7 +212,6 @@ async def stream_run_events(
             return  # the stream just closes: an EventSource reconnecting gets the 401/403/404
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    headers.update(getattr(request.state, "rate_limit_headers", None) or {})
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
