@@ -9,6 +9,7 @@ from backend.auth.router import router as auth_router
 from backend.projects.router import router as projects_router
 from backend.runs.router import router as runs_router
 from backend.usage.router import router as usage_router
+from backend.webhooks.router import router as webhooks_router
 
 api_router = APIRouter(prefix="/api/v1")
 # The hot routers first: FastAPI tries routes in order and every route tried before the
@@ -21,3 +22,4 @@ api_router.include_router(auth_router, tags=["auth"])
 api_router.include_router(audit_router, tags=["audit"])
 api_router.include_router(agent_types_router, tags=["agent types"])
 api_router.include_router(usage_router, tags=["usage"])
+api_router.include_router(webhooks_router, tags=["webhooks"])

@@ -130,6 +130,8 @@ def dev() -> None:
     if not settings.FIRST_SUPERUSER_EMAIL:
         overrides["FIRST_SUPERUSER_EMAIL"], dev_password = DEV_SUPERUSER
         overrides["FIRST_SUPERUSER_PASSWORD"] = dev_password
+    if "WEBHOOK_ALLOW_PRIVATE_URLS" not in os.environ:
+        overrides["WEBHOOK_ALLOW_PRIVATE_URLS"] = True  # receivers on this machine, by default
     embedded = not (settings.DATABASE_URL and settings.REDIS_URL)
     with ExitStack() as stack:
         if embedded:

@@ -108,6 +108,21 @@ class Settings(BaseSettings):
     # How often a long-lived request re-checks its caller's access (ended once it is lost).
     STREAM_RECHECK_SECONDS: float = Field(5.0, gt=0, le=60)
 
+    # Webhooks (backend/webhooks). Endpoint URLs in private, loopback and link-local ranges
+    # are refused unless this is true (`agentry dev` sets it).
+    WEBHOOK_ALLOW_PRIVATE_URLS: bool = False
+    # Seconds between a failed attempt and the next, one retry per entry; then `failed`.
+    WEBHOOK_RETRY_SCHEDULE: str = "5,300,1800,7200,18000,36000,36000"
+    WEBHOOK_TIMEOUT_SECONDS: float = Field(10.0, gt=0, le=60)
+    # Deliveries in flight per worker, and per endpoint per worker (a slow endpoint takes only
+    # its share).
+    WEBHOOK_MAX_IN_FLIGHT: int = Field(64, ge=1)
+    WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT: int = Field(8, ge=1)
+    # How often an idle worker looks for due deliveries (event-to-delivery latency).
+    WEBHOOK_POLL_SECONDS: float = Field(0.1, gt=0, le=10)
+    # Maintenance deletes events this many days old once no delivery of them is pending.
+    WEBHOOK_EVENT_RETENTION_DAYS: int = Field(7, ge=1)
+
     DB_POOL_SIZE: int = Field(20, ge=1)
     DB_MAX_OVERFLOW: int = Field(20, ge=0)
 
@@ -131,6 +146,21 @@ class Settings(BaseSettings):
                 except ValueError:
                     raise ValueError(f"not an IP address or CIDR network: {entry!r}") from None
         return v
+
+    @field_validator("WEBHOOK_RETRY_SCHEDULE")
+    @classmethod
+    def _check_schedule(cls, v: str) -> str:
+        try:
+            delays = [float(part) for part in _split(v)]
+        except ValueError:
+            raise ValueError("comma-separated seconds, e.g. 5,300,1800") from None
+        if any(delay < 0 for delay in delays):
+            raise ValueError("delays cannot be negative")
+        return v
+
+    @property
+    def webhook_retry_delays(self) -> list[float]:
+        return [float(part) for part in _split(self.WEBHOOK_RETRY_SCHEDULE)]
 
     @property
     def forwarded_allow_ips(self) -> list[str]:

@@ -30,7 +30,17 @@ from backend.ops import router as ops_router
 log = structlog.get_logger()
 ROOT = Path(__file__).resolve().parent.parent
 # The docs' tag order (api.py includes the routers in hot-path-first order instead).
-_TAG_ORDER = "operations", "auth", "projects", "audit", "agent types", "agents", "usage", "runs"
+_TAG_ORDER = (
+    "operations",
+    "auth",
+    "projects",
+    "audit",
+    "agent types",
+    "agents",
+    "usage",
+    "runs",
+    "webhooks",
+)
 OPENAPI_TAGS = [{"name": name} for name in _TAG_ORDER]
 
 

@@ -9,6 +9,7 @@ from backend.core.idempotency import IdempotencyKey
 from backend.projects.models import Project, ProjectMember
 from backend.runs.models import ConversationMessage, ProviderCall, Run
 from backend.usage.models import UsageRollup
+from backend.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 metadata = Base.metadata
 
@@ -27,5 +28,8 @@ __all__ = [
     "Run",
     "UsageRollup",
     "User",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
     "metadata",
 ]

@@ -42,6 +42,7 @@ from backend.runs import dispatch, pipeline, tasks
 from backend.runs.executor import WorkerState
 from backend.runs.schemas import MAX_TIMEOUT_SECONDS
 from backend.usage.tasks import maintenance
+from backend.webhooks import tasks as webhook_tasks
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -105,6 +106,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx.update(engine=engine, sessionmaker=sessionmaker, runs=state)
     await tasks.beat(state)  # alive before the first job
     ctx["heartbeat"] = asyncio.create_task(tasks.heartbeat_loop(state))
+    webhook_tasks.start(ctx)  # deliveries: tasks and connections of their own
     log.info("worker_started", worker_id=worker_id, queue=settings.QUEUE_NAME)
 
 
@@ -112,6 +114,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     heartbeat: asyncio.Task[None] | None = ctx.pop("heartbeat", None)
     if heartbeat is not None:
         heartbeat.cancel()
+    await webhook_tasks.stop(ctx)
     state: WorkerState | None = ctx.get("runs")
     if state is not None:
         await state.dispatcher.events.flush()  # the last runs' events
@@ -150,6 +153,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
             cron(tasks.reap_runs, second=every, timeout=CRON_TIMEOUT_SECONDS),
             # the usage domain's hourly purge/compaction (idempotency keys, rollups, streams)
             cron(maintenance, minute={7}, second={0}, timeout=600),
+            cron(webhook_tasks.purge_events, minute={37}, second={0}, timeout=600),
         ],
         "queue_name": settings.QUEUE_NAME,
         "redis_settings": RedisSettings.from_dsn(settings.REDIS_URL),

@@ -26,6 +26,7 @@ from backend.projects import service as projects_service
 from backend.projects.dependencies import ProjectContext
 from backend.runs import service as runs_service
 from backend.runs.models import Run
+from backend.webhooks import outbox
 
 agents, types, runs = Agent.__table__, AgentType.__table__, Run.__table__
 # Literal statuses (not bind parameters) so the planner can use ix_runs_unfinished.
@@ -47,6 +48,15 @@ _ROWS = select(
 _ONE = _ROWS.where(agents.c.id == bindparam("agent_id"), agents.c.project_id == bindparam("pid"))
 _ACTIVE = (AgentStatus.working.value, AgentStatus.waiting.value)
 _TERMINATED = AgentStatus.terminated.value
+_SPAWNED = state.event_source(
+    "(SELECT * FROM agents WHERE id = :agent_id)",
+    where="true",
+    from_status="CAST(NULL AS text)",
+    to="m.status",
+    reason="NULL",
+    now="m.created_at",
+    pending_runs="0",
+)
 
 
 def _out(row: Any, ctx: ProjectContext) -> dict[str, Any]:
@@ -128,6 +138,7 @@ async def spawn(session: AsyncSession, ctx: ProjectContext, data: AgentCreate) -
     session.add(agent)
     await session.flush()
     _audit(session, ctx, "agent.spawn", agent.id, agent_type_id=str(agent_type.id))
+    await outbox.record(session, outbox.EventType.agent_status_changed, _SPAWNED, agent_id=agent.id)
     out = {c.key: getattr(agent, c.key) for c in agents.c}
     out |= {
         "agent_type_name": agent_type.name,

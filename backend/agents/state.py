@@ -25,8 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import TextClause
 
 from backend.agents.models import Agent, AgentStatus
+from backend.agents.schemas import AgentOut
 from backend.core.db import utcnow
 from backend.core.errors import InvalidTransition, NotFound
+from backend.webhooks import outbox
 
 S = AgentStatus
 TRANSITIONS: dict[AgentStatus, frozenset[AgentStatus]] = {
@@ -47,6 +49,30 @@ def is_allowed(frm: AgentStatus | str, to: AgentStatus | str) -> bool:
     return AgentStatus(to) in TRANSITIONS[AgentStatus(frm)]
 
 
+# Queued and running runs of agent `m`, as GET counts them.
+PENDING_RUNS = (
+    "(SELECT count(*) FROM runs q WHERE q.agent_id = m.id AND q.status IN ('queued', 'running'))"
+)
+
+outbox.register("agent", lambda snapshot: AgentOut.model_validate(snapshot).model_dump(mode="json"))
+
+
+def event_source(
+    rows: str, *, where: str, from_status: str, to: str, reason: str, now: str, pending_runs: str
+) -> str:
+    """The agent.status_changed outbox source for agents `m` read from `rows` (a FROM item):
+    the row as written, plus what GET joins to it."""
+    return f"""
+SELECT m.project_id, m.id AS ordering_key, jsonb_build_object(
+        'agent', (to_jsonb(m) - 'from_status' - 'moved') || jsonb_build_object(
+            'agent_type_name', t.name, 'agent_type_slug', t.slug, 'project_name', p.name,
+            'project_slug', p.slug, 'pending_runs', {pending_runs}),
+        'from_status', {from_status}, 'to_status', {to}, 'reason', CAST({reason} AS text)
+    ) AS payload, {now} AS created_at
+FROM {rows} m JOIN agent_types t ON t.id = m.agent_type_id JOIN projects p ON p.id = m.project_id
+WHERE {where}"""
+
+
 def transition_ctes(
     to: AgentStatus,
     *,
@@ -61,11 +87,13 @@ def transition_ctes(
     actor_user_id: str = "NULL",
     actor_api_key_id: str = "NULL",
     now: str = "now()",
+    pending_runs: str = PENDING_RUNS,
 ) -> str:
     """The transition of a set of agents, as CTEs of a caller's statement.
 
     Gives `agent_old` (id, status), `agent_moved` (every column of each agent written, with
-    `from_status` and `moved`) and `agent_history` (a history row per agent moved). The rows
+    `from_status` and `moved`), `agent_history` (a history row per agent moved) and the
+    outbox's `agent_ev_*` (its agent.status_changed event and deliveries). The rows
     are locked FOR UPDATE in id order (their latest committed status is the one guarded). A
     caller whose other CTEs read the agents' runs must have locked these agent rows in an
     earlier statement of its transaction, so that its statement's snapshot follows every
@@ -76,7 +104,7 @@ def transition_ctes(
     `values` other columns written with the status (column -> SQL); `counters` assignments to
     `a` applied whether or not the status moves, when `touch_when` holds for `o` (e.g. usage
     counters); `run_id` (may read `m.id`, the agent), `reason`, the actors and `now` for the
-    history rows.
+    history rows; `pending_runs` the agent's unfinished runs after the caller's statement.
     """
     allowed = sources(to) if only_from is None else sources(to) & set(only_from)
     listed = ", ".join(f"'{s.value}'" for s in sorted(allowed)) or "NULL"
@@ -113,7 +141,21 @@ agent_history AS (
     SELECT gen_random_uuid(), m.id, m.from_status, '{to.value}', {run_id}, {reason},
         {actor_user_id}, {actor_api_key_id}, {now}
     FROM agent_moved m WHERE m.moved
-)"""
+),{
+        outbox.ctes(
+            "agent_ev",
+            outbox.EventType.agent_status_changed,
+            event_source(
+                "agent_moved",
+                where="m.moved",
+                from_status="m.from_status",
+                to=f"'{to.value}'",
+                reason=reason,
+                now=now,
+                pending_runs=pending_runs,
+            ),
+        )
+    }"""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ class Permission(StrEnum):
     project_delete = "project:delete"
     members_manage = "members:manage"
     audit_read = "audit:read"
+    webhooks_manage = "webhooks:manage"
     agents_read = "agents:read"
     agents_write = "agents:write"
     runs_read = "runs:read"
@@ -40,7 +41,12 @@ _VIEWER = {
     Permission.metrics_read,
 }
 _MEMBER = _VIEWER | {Permission.agents_write, Permission.runs_write}
-_ADMIN = _MEMBER | {Permission.project_update, Permission.members_manage, Permission.audit_read}
+_ADMIN = _MEMBER | {
+    Permission.project_update,
+    Permission.members_manage,
+    Permission.audit_read,
+    Permission.webhooks_manage,
+}
 ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     Role.viewer: frozenset(_VIEWER),
     Role.member: frozenset(_MEMBER),
@@ -59,6 +65,7 @@ KEY_SCOPE: dict[Permission, str | None] = {
     Permission.project_delete: None,
     Permission.members_manage: None,
     Permission.audit_read: None,
+    Permission.webhooks_manage: None,
 }
 
 
@@ -123,6 +130,7 @@ ProjectEditor = Annotated[ProjectContext, require(Permission.project_update)]
 ProjectOwner = Annotated[ProjectContext, require(Permission.project_delete)]
 MembersManager = Annotated[ProjectContext, require(Permission.members_manage)]
 AuditReader = Annotated[ProjectContext, require(Permission.audit_read)]
+WebhookManager = Annotated[ProjectContext, require(Permission.webhooks_manage)]
 AgentReader = Annotated[ProjectContext, require(Permission.agents_read)]
 AgentWriter = Annotated[ProjectContext, require(Permission.agents_write)]
 RunReader = Annotated[ProjectContext, require(Permission.runs_read)]

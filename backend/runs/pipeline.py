@@ -374,6 +374,9 @@ def _agent_ctes(kind: Conclusion) -> str:
             only_from={A.working, A.waiting},
             when=f"{_MOVED_RUN_OF} AND {_NO_OTHER_RUNNING}",
             reason=":reason::text",
+            # the statement's snapshot still counts the runs it ended
+            pending_runs=f"({agent_state.PENDING_RUNS} - (SELECT count(*) FROM run_new rn"
+            " WHERE rn.agent_id = m.id AND rn.moved))",
             **common,
         )
     when = "false" if kind is C.account else _MOVED_RUN_OF
@@ -396,7 +399,8 @@ def _conclude_sql(kind: Conclusion) -> str:
         now=":now::timestamptz",
     )
     ctes = [_CONCLUDE_JOBS, run_old, usage.CALLS_CTES, run_new, *([_FINISHED] if final else [])]
-    ctes += [usage.rollup_cte("finished" if final else None), _agent_ctes(kind)]
+    ctes += [usage.rollup_cte("finished" if final else None), usage.BUDGET_EVENT_CTES]
+    ctes.append(_agent_ctes(kind))
     if kind is C.succeeded:
         ctes.append(_CONVERSATION)
     return f"""WITH {",".join(ctes)}

@@ -23,12 +23,20 @@ from backend.core.errors import InvalidTransition, NotFound
 from backend.core.schemas import PageParams
 from backend.projects.dependencies import ProjectContext
 from backend.runs import dispatch, pipeline, streams
+from backend.runs import state as run_state
 from backend.runs.models import FINISHED, Run, RunStatus
 from backend.runs.pipeline import Conclusion
 from backend.runs.schemas import RunCreate
 from backend.usage import service as usage
+from backend.webhooks import outbox
 
 _LIVE = (RunStatus.queued, RunStatus.running)
+_SUBMITTED = run_state.event_source(
+    "(SELECT * FROM runs WHERE id = :run_id)",
+    where="true",
+    from_status="CAST(NULL AS text)",
+    now="rn.created_at",
+)
 
 
 async def submit(
@@ -61,6 +69,7 @@ async def submit(
         details={"agent_id": str(agent_id)},
     )
     run_id = run.id
+    await outbox.record(session, outbox.EventType.run_status_changed, _SUBMITTED, run_id=run_id)
     dispatch.later(session, lambda d: d.publish(run_id, [(streams.STATUS, {"status": "queued"})]))
     if row.status == AgentStatus.idle:
         await dispatch.dispatch_head(session, agent_id)

@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from backend.runs.models import RunStatus
+from backend.runs.schemas import RunRow, run_json
+from backend.webhooks import outbox
 
 S = RunStatus
 TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
@@ -30,6 +32,19 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     S.cancelled: frozenset(),
     S.timed_out: frozenset(),
 }
+
+
+outbox.register("run", lambda snapshot: run_json(RunRow(snapshot)))
+
+
+def event_source(rows: str, *, where: str, from_status: str, now: str) -> str:
+    """The run.status_changed outbox source for runs `rn` read from `rows` (the row as written)."""
+    return f"""
+SELECT rn.project_id, rn.id AS ordering_key, jsonb_build_object(
+        'run', to_jsonb(rn) - 'from_status' - 'moved',
+        'from_status', {from_status}, 'to_status', rn.status
+    ) AS payload, {now} AS created_at
+FROM {rows} rn WHERE {where}"""
 
 
 def sources(to: RunStatus) -> frozenset[RunStatus]:
@@ -60,7 +75,8 @@ def transition_ctes(
     - `run_old`: the runs (id, project_id, agent_id, status, attempt, worker_id, heartbeat_at,
       seq, and the job's columns), locked FOR UPDATE in id order (the latest committed versions are the
       ones guarded);
-    - `run_new`: the rows after the statement (every column), `from_status` and `moved`. A run's status (and
+    - `run_new`: the rows after the statement (every column), `from_status` and `moved`, and
+      the outbox's `run_ev_*` (a run.status_changed event per run moved). A run's status (and
       `values`, column -> SQL) change only when the table allows it from its current status
       and `guard` holds for the old row `o` (evaluated once; it may read `o` and sub-selects);
       `counters` (assignments on `r`) apply whenever the row is written: when it moves or
@@ -93,5 +109,11 @@ run_new AS (
     ) o {joins}
     WHERE r.id = o.id AND (o.go OR ({touch_when}))
     RETURNING r.*, o.status AS from_status, o.go AS moved
-)"""
+),{
+        outbox.ctes(
+            "run_ev",
+            outbox.EventType.run_status_changed,
+            event_source("run_new", where="rn.moved", from_status="rn.from_status", now=now),
+        )
+    }"""
     return lock, change

@@ -36,6 +36,7 @@ from backend.core.errors import BudgetExceeded
 from backend.projects.models import Project
 from backend.runs.providers.base import Usage
 from backend.usage.pricing import price_call, to_money
+from backend.webhooks import outbox
 
 log = structlog.get_logger()
 
@@ -279,3 +280,30 @@ rollup AS (
     ON CONFLICT (project_id, bucket, agent_id, provider, model) DO UPDATE SET
         {updates}
 )"""
+
+
+# budget.exhausted: once per project, UTC month and limit (the event's dedupe key), written by
+# the first conclusion whose committed usage (the month's, plus this statement's `calls`)
+# reaches a limit. Reads `calls` and :now.
+_EXHAUSTED = f"""
+SELECT b.project_id, b.project_id AS ordering_key, jsonb_build_object(
+        'project_id', b.project_id, 'limit', l.kind,
+        'budget', jsonb_build_object('monthly_cost_limit_usd', b.cost_limit,
+            'monthly_token_limit', b.token_limit),
+        'month_cost_usd', b.month_cost, 'month_tokens', b.month_tokens
+    ) AS payload, :now::timestamptz AS created_at,
+    'budget.exhausted/' || b.project_id || '/'
+        || to_char(:now::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM') || '/' || l.kind
+        AS dedupe_key
+FROM (
+    SELECT x.project_id, bs.cost_limit, bs.token_limit, bs.month_cost + x.cost AS month_cost,
+        bs.month_tokens + x.tokens AS month_tokens
+    FROM (
+        SELECT c.project_id, coalesce(sum(c.cost_usd), 0) AS cost,
+            sum({_CALL_TOKENS})::bigint AS tokens
+        FROM calls c GROUP BY c.project_id
+    ) x CROSS JOIN LATERAL {budget_sql("x.project_id", ":now::timestamptz")} bs
+) b CROSS JOIN LATERAL (VALUES ('cost', b.month_cost >= b.cost_limit),
+    ('tokens', b.month_tokens >= b.token_limit)) AS l(kind, spent)
+WHERE l.spent"""
+BUDGET_EVENT_CTES = outbox.ctes("budget_ev", outbox.EventType.budget_exhausted, _EXHAUSTED)

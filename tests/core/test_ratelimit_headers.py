@@ -58,6 +58,8 @@ async def test_every_limited_route_answers_with_rate_limit_headers(app, client, 
         "user_id": other.user.id,
         "member_user_id": member.user.id,
         "key_id": uuid.uuid4(),
+        "webhook_id": uuid.uuid4(),
+        "delivery_id": uuid.uuid4(),
     }
     bodies = {
         "/api/v1/auth/login": {"email": admin.user.email, "password": PASSWORD},

@@ -1,0 +1,258 @@
+"""Delivery of the outbox's events, by every worker process, in tasks of its own.
+
+Each worker polls for due deliveries and takes them with `FOR UPDATE SKIP LOCKED`, leasing each
+(`next_attempt_at` = now + lease, `attempts` + 1) before its POST: several workers share the
+work without sending one delivery twice at once, and a worker that dies mid-attempt leaves the
+delivery to be taken again when the lease ends (at least once). Only the oldest pending delivery
+of an (endpoint, agent or run) is ever taken: one endpoint receives one agent's or one run's
+events in order. Attempts run in their own tasks, at most WEBHOOK_MAX_IN_FLIGHT per worker and
+WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT per endpoint, on their own HTTP client and connections: a
+slow or dead endpoint holds only its own share and never runs' execution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import structlog
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Histogram
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.config import Settings
+from backend.core.errors import is_connection_error
+from backend.webhooks import outbox, signing, urls
+
+log = structlog.get_logger()
+
+DELIVERIES = PromCounter(
+    "agentry_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome (succeeded, retry, failed, disabled)",
+    ["outcome"],
+)
+ATTEMPT_SECONDS = Histogram(
+    "agentry_webhook_attempt_seconds",
+    "Duration of a webhook delivery attempt, by outcome",
+    ["outcome"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+EVENT_TO_DELIVERY_SECONDS = Histogram(
+    "agentry_webhook_event_to_delivery_seconds",
+    "From an event's commit time to its successful delivery",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 300, 3600, 36000),
+)
+SCAN = 500  # due deliveries looked at per poll
+MAX_ERROR_CHARS = 500
+
+# The oldest pending delivery of each (endpoint, ordering key), up to `per_endpoint` per
+# endpoint, leased. `ready` reads a snapshot; `taken` locks and re-checks what may have moved.
+_TAKE = text(
+    """
+WITH ready AS (
+    SELECT d.id, row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.seq) AS n
+    FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.enabled
+    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+        AND d.endpoint_id <> ALL(CAST(:busy AS uuid[]))
+        AND NOT EXISTS (SELECT FROM webhook_deliveries p
+            WHERE p.endpoint_id = d.endpoint_id AND p.ordering_key = d.ordering_key
+                AND p.status = 'pending' AND p.seq < d.seq)
+    ORDER BY d.next_attempt_at LIMIT :scan
+),
+taken AS (
+    SELECT d.id FROM webhook_deliveries d JOIN ready r ON r.id = d.id
+    WHERE r.n <= :per_endpoint AND d.status = 'pending' AND d.next_attempt_at <= now()
+    ORDER BY d.seq LIMIT :limit
+    FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE webhook_deliveries d
+SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => :lease)
+FROM taken t, webhook_events e, webhook_endpoints w
+WHERE d.id = t.id AND e.id = d.event_id AND w.id = d.endpoint_id
+RETURNING d.id, d.endpoint_id, d.attempts, e.id AS event_id, e.type, e.payload, e.created_at,
+    w.url, w.secret_encrypted, w.previous_secret_encrypted, w.previous_secret_expires_at,
+    now() AS taken_at
+"""
+)
+# Guarded by the attempt: a lease that ran out and was taken again is no longer ours.
+_FINISH = text(
+    """
+UPDATE webhook_deliveries SET status = CAST(:status AS text),
+    next_attempt_at = CAST(:next_attempt_at AS timestamptz),
+    last_response_status = CAST(:response_status AS int), last_error = CAST(:error AS text),
+    delivered_at = CASE WHEN CAST(:status AS text) = 'succeeded' THEN now() ELSE delivered_at END
+WHERE id = :id AND attempts = :attempts AND status = 'pending'
+"""
+)
+_DISABLE = text("UPDATE webhook_endpoints SET enabled = false, updated_at = now() WHERE id = :id")
+
+
+class Deliverer:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings) -> None:
+        self.sessions, self.settings = sessionmaker, settings
+        self.delays = settings.webhook_retry_delays
+        self.client = httpx.AsyncClient(
+            follow_redirects=False,
+            timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
+            limits=httpx.Limits(max_connections=settings.WEBHOOK_MAX_IN_FLIGHT),
+            trust_env=False,
+        )
+        self.per_endpoint: Counter[uuid.UUID] = Counter()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._run(), name="webhook-deliveries")
+
+    async def close(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+        for task in list(self.tasks):
+            task.cancel()  # their leases run out; another worker (or this one again) retries
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.client.aclose()
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                taken = await self.take()
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - the loop outlives database outages
+                failures += 1
+                log.warning(
+                    "webhook_take_failed",
+                    error_type=type(exc).__name__,
+                    connection=is_connection_error(exc),
+                )
+                await asyncio.sleep(min(0.2 * 2**failures, 5.0))
+                continue
+            if taken:
+                continue  # more may be due
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.WEBHOOK_POLL_SECONDS)
+
+    async def take(self) -> int:
+        """Lease what is due (within this worker's limits) and start its attempts."""
+        room = self.settings.WEBHOOK_MAX_IN_FLIGHT - len(self.tasks)
+        if room <= 0:
+            return 0
+        cap = self.settings.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT
+        busy = [str(e) for e, n in self.per_endpoint.items() if n >= cap]
+        params = {
+            "busy": busy,
+            "scan": SCAN,
+            "per_endpoint": cap,
+            "limit": room,
+            "lease": self.settings.WEBHOOK_TIMEOUT_SECONDS * 2 + 1,
+        }
+        async with self.sessions() as session, session.begin():
+            rows = (await session.execute(_TAKE, params)).mappings().all()
+        for row in rows:
+            self.per_endpoint[row["endpoint_id"]] += 1
+            task = asyncio.create_task(self._attempt(dict(row)))
+            self.tasks.add(task)
+            task.add_done_callback(self._done(row["endpoint_id"]))
+        return len(rows)
+
+    def _done(self, endpoint_id: uuid.UUID) -> Any:
+        def done(task: asyncio.Task[None]) -> None:
+            self.tasks.discard(task)
+            self.per_endpoint[endpoint_id] -= 1
+            if self.per_endpoint[endpoint_id] <= 0:
+                del self.per_endpoint[endpoint_id]
+            self._wake.set()  # room again; the key's next event may be due
+
+        return done
+
+    async def _attempt(self, row: dict[str, Any]) -> None:
+        started = time.monotonic()
+        status, error = await self._post(row)
+        outcome, values = self._outcome(row, status, error)
+        ATTEMPT_SECONDS.labels(outcome).observe(time.monotonic() - started)
+        DELIVERIES.labels(outcome).inc()
+        params = {"id": row["id"], "attempts": row["attempts"], "response_status": status}
+        params |= {"error": error[:MAX_ERROR_CHARS] if error else None, **values}
+        try:
+            async with self.sessions() as session, session.begin():
+                await session.execute(_FINISH, params)
+                if outcome == "disabled":
+                    await session.execute(_DISABLE, {"id": row["endpoint_id"]})
+        except Exception as exc:  # noqa: BLE001 - the lease ends; the delivery is retried
+            log.warning("webhook_result_lost", delivery_id=str(row["id"]), error=type(exc).__name__)
+            return
+        if outcome == "succeeded":
+            EVENT_TO_DELIVERY_SECONDS.observe(
+                max((row["taken_at"] - row["created_at"]).total_seconds(), 0.0)
+                + (time.monotonic() - started)
+            )
+
+    def _outcome(
+        self, row: dict[str, Any], status: int | None, error: str | None
+    ) -> tuple[str, dict[str, Any]]:
+        if status is not None and 200 <= status < 300:
+            return "succeeded", {"status": "succeeded", "next_attempt_at": None}
+        if status == 410:
+            return "disabled", {"status": "failed", "next_attempt_at": None}
+        retry = row["attempts"] - 1  # retries already made
+        if retry >= len(self.delays):
+            return "failed", {"status": "failed", "next_attempt_at": None}
+        delay = self.delays[retry] * random.uniform(0.8, 1.2)  # jitter: retries spread out
+        at = datetime.now(UTC) + timedelta(seconds=delay)
+        return "retry", {"status": "pending", "next_attempt_at": at}
+
+    async def _post(self, row: dict[str, Any]) -> tuple[int | None, str | None]:
+        """(HTTP status, error): one attempt, never raising."""
+        try:
+            body, headers = self._request(row)
+            if not self.settings.WEBHOOK_ALLOW_PRIVATE_URLS:
+                await urls.check(row["url"], allow_private=False)  # DNS may have changed
+            response = await self.client.post(row["url"], content=body, headers=headers)
+        except urls.UrlRefused as exc:
+            return None, f"url {exc}"
+        except httpx.TimeoutException:
+            return None, f"timeout after {self.settings.WEBHOOK_TIMEOUT_SECONDS:g} s"
+        except httpx.HTTPError as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a bad event must not stop the others
+            log.exception("webhook_attempt_error", delivery_id=str(row["id"]))
+            return None, f"internal error: {type(exc).__name__}"
+        return response.status_code, None if response.is_success else f"HTTP {response.status_code}"
+
+    def _request(self, row: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+        data = outbox.render(row["payload"])
+        event = {"type": row["type"], "timestamp": _iso(row["created_at"]), "data": data}
+        body = json.dumps(event, separators=(",", ":")).encode()
+        msg_id, timestamp = str(row["event_id"]), int(time.time())
+        return body, {
+            "content-type": "application/json",
+            "user-agent": "agentry-webhooks/1",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signing.sign(self._secrets(row), msg_id, timestamp, body),
+        }
+
+    def _secrets(self, row: dict[str, Any]) -> list[str]:
+        key = self.settings.secret_key
+        found = [signing.decrypt(row["secret_encrypted"], key)]
+        expires = row["previous_secret_expires_at"]
+        if row["previous_secret_encrypted"] and expires and expires > row["taken_at"]:
+            found.append(signing.decrypt(row["previous_secret_encrypted"], key))
+        return found
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")

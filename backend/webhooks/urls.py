@@ -1,0 +1,72 @@
+"""Endpoint URL rules: http(s) only, and no private, loopback or link-local address unless
+WEBHOOK_ALLOW_PRIVATE_URLS (a webhook must not become a way into the operator's network)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+from backend.core.errors import ValidationFailed
+
+RESOLVE_TIMEOUT_SECONDS = 5.0
+
+
+class UrlRefused(ValueError):
+    pass
+
+
+def _private(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_unspecified
+        or ip.is_reserved
+        or ip.is_multicast
+    )
+
+
+async def _addresses(host: str, port: int) -> list[str]:
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    infos = await asyncio.wait_for(
+        loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_SECONDS
+    )
+    return [str(info[4][0]) for info in infos]
+
+
+async def check(url: str, *, allow_private: bool) -> None:
+    """Raise UrlRefused unless `url` may receive webhooks (resolving its host)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UrlRefused("must be an http(s) URL with a host")
+    if parts.username or parts.password:
+        raise UrlRefused("must not carry credentials")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise UrlRefused("has an invalid port") from None
+    if allow_private:
+        return
+    try:
+        addresses = await _addresses(parts.hostname, port)
+    except (OSError, TimeoutError):
+        raise UrlRefused(f"host {parts.hostname} does not resolve") from None
+    if not addresses or any(_private(address) for address in addresses):
+        raise UrlRefused("resolves to a private, loopback or link-local address")
+
+
+async def validate(url: str, *, allow_private: bool) -> None:
+    """`check` for a request body: 422 on the `url` field."""
+    try:
+        await check(url, allow_private=allow_private)
+    except UrlRefused as exc:
+        raise ValidationFailed(f"url {exc}", field="url") from None
