@@ -51,28 +51,34 @@ EVENT_TO_DELIVERY_SECONDS = Histogram(
     "From an event's commit time to its successful delivery",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 300, 3600, 36000),
 )
-SCAN = 500  # due deliveries looked at per poll
 MAX_ERROR_CHARS = 500
 
-# The oldest pending delivery of each (endpoint, ordering key), up to `per_endpoint` per
-# endpoint, leased. `ready` reads a snapshot; `taken` locks and re-checks what may have moved.
+# The oldest pending delivery of each (endpoint, ordering key) -- the key's head; a leased one
+# (in flight) is a head that is not due, so its successors wait -- when due, up to the
+# endpoint's free share (per_endpoint minus what this worker has in flight), leased.
+# `heads` reads a snapshot; `taken` locks and re-checks what may have moved meanwhile.
 _TAKE = text(
     """
-WITH ready AS (
-    SELECT d.id, row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.seq) AS n
-    FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.enabled
-    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-        AND d.endpoint_id <> ALL(CAST(:busy AS uuid[]))
-        AND NOT EXISTS (SELECT FROM webhook_deliveries p
-            WHERE p.endpoint_id = d.endpoint_id AND p.ordering_key = d.ordering_key
-                AND p.status = 'pending' AND p.seq < d.seq)
-    ORDER BY d.next_attempt_at LIMIT :scan
+WITH heads AS (
+    SELECT DISTINCT ON (d.endpoint_id, coalesce(d.ordering_key, d.id))
+        d.id, d.endpoint_id, d.next_attempt_at, d.seq
+    FROM webhook_deliveries d WHERE d.status = 'pending'
+    ORDER BY d.endpoint_id, coalesce(d.ordering_key, d.id), d.seq
+),
+ready AS (
+    SELECT h.id, h.endpoint_id, row_number() OVER (PARTITION BY h.endpoint_id ORDER BY h.seq)
+        + coalesce(f.n, 0) AS n
+    FROM heads h JOIN webhook_endpoints w ON w.id = h.endpoint_id AND w.enabled
+    LEFT JOIN unnest(CAST(:flying AS uuid[]), CAST(:flying_n AS int[])) AS f(id, n)
+        ON f.id = h.endpoint_id
+    WHERE h.next_attempt_at <= now()
 ),
 taken AS (
-    SELECT d.id FROM webhook_deliveries d JOIN ready r ON r.id = d.id
-    WHERE r.n <= :per_endpoint AND d.status = 'pending' AND d.next_attempt_at <= now()
-    ORDER BY d.seq LIMIT :limit
-    FOR UPDATE OF d SKIP LOCKED
+    SELECT d.id FROM webhook_deliveries d
+    WHERE d.id = ANY(ARRAY(
+            SELECT r.id FROM ready r WHERE r.n <= :per_endpoint ORDER BY r.n LIMIT :limit))
+        AND d.status = 'pending' AND d.next_attempt_at <= now()
+    FOR UPDATE SKIP LOCKED
 )
 UPDATE webhook_deliveries d
 SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => :lease)
@@ -150,12 +156,11 @@ class Deliverer:
         room = self.settings.WEBHOOK_MAX_IN_FLIGHT - len(self.tasks)
         if room <= 0:
             return 0
-        cap = self.settings.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT
-        busy = [str(e) for e, n in self.per_endpoint.items() if n >= cap]
+        flying = list(self.per_endpoint.items())
         params = {
-            "busy": busy,
-            "scan": SCAN,
-            "per_endpoint": cap,
+            "flying": [str(endpoint) for endpoint, _ in flying],
+            "flying_n": [n for _, n in flying],
+            "per_endpoint": self.settings.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT,
             "limit": room,
             "lease": self.settings.WEBHOOK_TIMEOUT_SECONDS * 2 + 1,
         }
