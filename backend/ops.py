@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from backend.usage import prometheus as usage_prometheus
+from backend.webhooks import metrics as webhook_metrics
 
 router = APIRouter(tags=["operations"])
 
@@ -58,4 +59,5 @@ async def ready(request: Request) -> JSONResponse:
 @router.get("/metrics", operation_id="prometheus_metrics", summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
     await usage_prometheus.refresh(request.app)  # runs, tokens, cost, queue: read at scrape time
+    await webhook_metrics.refresh(request.app)  # the outbox's backlog
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
