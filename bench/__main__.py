@@ -103,9 +103,14 @@ def _busy_note(load: float) -> list[str]:
 
 
 async def run_sections(cfg: BenchConfig, services: Services, results: dict[str, Any]) -> None:
-    from bench import httpbench, metricsbench, pipelinebench
+    from bench import httpbench, metricsbench, pipelinebench, webhookbench
 
-    sections = {"http": httpbench.run, "pipeline": pipelinebench.run, "metrics": metricsbench.run}
+    sections = {
+        "http": httpbench.run,
+        "pipeline": pipelinebench.run,
+        "metrics": metricsbench.run,
+        "webhooks": webhookbench.run,
+    }
     async with Harness(cfg, services, results["_available"], OUT_DIR) as h:
         results["pinning"] = h.pinning
         results["postgres"] = await _postgres_info(h)
@@ -125,7 +130,7 @@ async def run_sections(cfg: BenchConfig, services: Services, results: dict[str, 
 
 
 def render(name: str, section: dict[str, Any]) -> str:
-    from bench import metricsbench, pipelinebench
+    from bench import metricsbench, pipelinebench, webhookbench
 
     parts = []
     if name == "http" and section.get("rows"):
@@ -134,6 +139,8 @@ def render(name: str, section: dict[str, Any]) -> str:
         parts.append(pipelinebench.render(section))
     elif name == "metrics":
         parts.append(metricsbench.render(section))
+    elif name == "webhooks":
+        parts.append(webhookbench.render(section))
     parts.extend(section.get("skipped", []))
     parts.extend(section.get("notes", []))
     parts.append(f"({name}: {section.get('seconds', '?')} s)")

@@ -24,7 +24,7 @@ def _int(name: str, default: int) -> int:
 
 
 def _sections() -> list[str]:
-    raw = os.environ.get("BENCH_SECTIONS", "http,pipeline,metrics")
+    raw = os.environ.get("BENCH_SECTIONS", "http,pipeline,metrics,webhooks")
     return [s.strip() for s in raw.split(",") if s.strip()]
 
 

@@ -18,6 +18,7 @@ import math
 import statistics
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import text
@@ -125,10 +126,15 @@ async def _warm_up(h: Harness, api: Proc, worker: Proc, type_id: uuid.UUID) -> N
         raise RuntimeError(f"the warm-up run did not finish within 60 s:\n{worker.tail()}")
 
 
+Prepare = Callable[[uuid.UUID], Awaitable[None]] | None  # called with a new project's id
+
+
 async def _pickup(
-    h: Harness, api: Proc, worker: Proc, type_id: uuid.UUID, count: int
+    h: Harness, api: Proc, worker: Proc, type_id: uuid.UUID, count: int, prepare: Prepare = None
 ) -> dict[str, Any]:
     project = await create_project(h.engine, h.owner, "bench-pickup")
+    if prepare is not None:
+        await prepare(project)
     agents = await create_agents(h.engine, project, type_id, count, "pickup")
     for n, agent in enumerate(agents, start=1):
         await _submit(h, api, agent, project)
@@ -137,15 +143,24 @@ async def _pickup(
         await asyncio.sleep(0.05)  # idle between submissions
     rows = await _rows(h, project)
     pickups = [(r["started_at"] - r["created_at"]).total_seconds() * 1000 for r in rows]
-    return {"runs": len(rows), **_stats(pickups), "statuses": _statuses(rows)}
+    out = {"runs": len(rows), **_stats(pickups), "statuses": _statuses(rows)}
+    return out | {"project_id": project}
 
 
 async def _batch(
-    h: Harness, api: Proc, worker: Proc, type_id: uuid.UUID, count: int, kind: str
+    h: Harness,
+    api: Proc,
+    worker: Proc,
+    type_id: uuid.UUID,
+    count: int,
+    kind: str,
+    prepare: Prepare = None,
 ) -> dict[str, Any]:
     """`count` agents each given one run, submitted by 32 clients. kind "e2e": the worker runs
     meanwhile; "drain" and "slow": the worker starts once every run is queued."""
     project = await create_project(h.engine, h.owner, f"bench-{kind}")
+    if prepare is not None:
+        await prepare(project)
     agents = await create_agents(h.engine, project, type_id, count, kind)
     sent = await _submit_all(h, api, project, agents)
     if kind != "e2e":
@@ -167,6 +182,7 @@ async def _batch(
         "pickup_p50_ms": _r(_pct(pickups, 50)),
         "pickup_p99_ms": _r(_pct(pickups, 99)),
         "peak_concurrency": _peak(ran),
+        "project_id": project,
     }
     if kind == "slow":
         out.update(_slow_figures(h, ran, count, span, done))

@@ -89,22 +89,30 @@ RETURNING d.id, d.endpoint_id, d.attempts, e.id AS event_id, e.type, e.payload, 
     now() AS taken_at
 """
 )
-# Guarded by the attempt: a lease that ran out and was taken again is no longer ours.
+# The results of the attempts that ended together, in one statement; each guarded by its
+# attempt (a lease that ran out and was taken again is no longer ours).
 _FINISH = text(
     """
-UPDATE webhook_deliveries SET status = CAST(:status AS text),
-    next_attempt_at = CAST(:next_attempt_at AS timestamptz),
-    last_response_status = CAST(:response_status AS int), last_error = CAST(:error AS text),
-    delivered_at = CASE WHEN CAST(:status AS text) = 'succeeded' THEN now() ELSE delivered_at END
-WHERE id = :id AND attempts = :attempts AND status = 'pending'
+WITH done AS (
+    UPDATE webhook_deliveries d SET status = r.status, next_attempt_at = r.next_attempt_at,
+        last_response_status = r.response_status, last_error = r.error,
+        delivered_at = CASE WHEN r.status = 'succeeded' THEN now() ELSE d.delivered_at END
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(id uuid, attempts int, status text,
+        next_attempt_at timestamptz, response_status int, error text, disable boolean)
+    WHERE d.id = r.id AND d.attempts = r.attempts AND d.status = 'pending'
+    RETURNING d.endpoint_id, r.disable
+)
+UPDATE webhook_endpoints SET enabled = false, updated_at = now()
+WHERE id IN (SELECT endpoint_id FROM done WHERE disable)
 """
 )
-_DISABLE = text("UPDATE webhook_endpoints SET enabled = false, updated_at = now() WHERE id = :id")
+MAX_BATCH = 500
 
 
 class Deliverer:
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings) -> None:
         self.sessions, self.settings = sessionmaker, settings
+        self.engine = sessionmaker.kw["bind"]
         self.delays = settings.webhook_retry_delays
         self.client = httpx.AsyncClient(
             follow_redirects=False,
@@ -115,6 +123,8 @@ class Deliverer:
         self.per_endpoint: Counter[uuid.UUID] = Counter()
         self.tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._results: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
         self._loop: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -125,9 +135,11 @@ class Deliverer:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
-        for task in list(self.tasks):
+        for task in [*self.tasks, *([self._writer] if self._writer else [])]:
             task.cancel()  # their leases run out; another worker (or this one again) retries
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
         await self.client.aclose()
 
     async def _run(self) -> None:
@@ -189,13 +201,11 @@ class Deliverer:
         outcome, values = self._outcome(row, status, error)
         ATTEMPT_SECONDS.labels(outcome).observe(time.monotonic() - started)
         DELIVERIES.labels(outcome).inc()
-        params = {"id": row["id"], "attempts": row["attempts"], "response_status": status}
-        params |= {"error": error[:MAX_ERROR_CHARS] if error else None, **values}
+        result = {"id": str(row["id"]), "attempts": row["attempts"], "response_status": status}
+        result |= {"error": error[:MAX_ERROR_CHARS] if error else None, **values}
+        result["disable"] = outcome == "disabled"
         try:
-            async with self.sessions() as session, session.begin():
-                await session.execute(_FINISH, params)
-                if outcome == "disabled":
-                    await session.execute(_DISABLE, {"id": row["endpoint_id"]})
+            await self._record(result)
         except Exception as exc:  # noqa: BLE001 - the lease ends; the delivery is retried
             log.warning("webhook_result_lost", delivery_id=str(row["id"]), error=type(exc).__name__)
             return
@@ -204,6 +214,29 @@ class Deliverer:
                 max((row["taken_at"] - row["created_at"]).total_seconds(), 0.0)
                 + (time.monotonic() - started)
             )
+
+    async def _record(self, result: dict[str, Any]) -> None:
+        """Write the attempt's result, with those that end meanwhile (one statement)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._results.append((result, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+        await future
+
+    async def _write(self) -> None:
+        await asyncio.sleep(0)  # the results of this loop turn go together
+        while self._results:
+            batch, self._results = self._results[:MAX_BATCH], self._results[MAX_BATCH:]
+            rows = sorted((r for r, _ in batch), key=lambda r: r["id"])  # lock order
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.execute(_FINISH, {"rows": json.dumps(rows, default=str)})
+            except Exception as exc:  # noqa: BLE001 - handed to the attempts
+                for _, future in batch:
+                    future.set_exception(exc)
+                continue
+            for _, future in batch:
+                future.set_result(None)
 
     def _outcome(
         self, row: dict[str, Any], status: int | None, error: str | None

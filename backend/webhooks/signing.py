@@ -33,6 +33,7 @@ def encrypt(secret: str, secret_key: str) -> str:
     return _fernet(secret_key).encrypt(secret.encode()).decode()
 
 
+@lru_cache(maxsize=1024)  # every delivery decrypts its endpoint's secrets
 def decrypt(token: str, secret_key: str) -> str:
     return _fernet(secret_key).decrypt(token.encode()).decode()
 
