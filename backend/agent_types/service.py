@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import exists, func, select
+from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,7 +22,7 @@ from backend.agent_types.schemas import AgentTypeCreate, AgentTypeUpdate, FakeCo
 from backend.agents.models import Agent, AgentStatus
 from backend.audit import service as audit
 from backend.auth.dependencies import Principal
-from backend.core.db import utcnow
+from backend.core.db import paginate, utcnow
 from backend.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from backend.core.schemas import PageParams
 
@@ -90,17 +90,10 @@ async def list_types(
     if include_inactive and not principal.user.is_superuser:
         raise Forbidden("Only superusers can list inactive agent types")
     where = [_LIVE] if include_inactive else [_LIVE, AgentType.is_active]
-    total = await session.scalar(select(func.count()).select_from(AgentType).where(*where)) or 0
-    if total <= paging.offset:
-        return [], total
-    rows = await session.scalars(
-        select(AgentType)
-        .where(*where)
-        .order_by(AgentType.created_at.desc(), AgentType.id.desc())
-        .offset(paging.offset)
-        .limit(paging.limit)
+    query = (
+        select(AgentType).where(*where).order_by(AgentType.created_at.desc(), AgentType.id.desc())
     )
-    return list(rows), total
+    return await paginate(session, query, paging)
 
 
 async def get(session: AsyncSession, principal: Principal, type_id: uuid.UUID) -> AgentType:

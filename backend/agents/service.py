@@ -19,7 +19,7 @@ from backend.agents import state
 from backend.agents.models import Agent, AgentEvent, AgentStatus
 from backend.agents.schemas import AgentCreate, AgentUpdate
 from backend.audit import service as audit
-from backend.core.db import utcnow
+from backend.core.db import paginate, utcnow
 from backend.core.errors import Conflict, NotFound, ValidationFailed
 from backend.core.schemas import PageParams
 from backend.projects import service as projects_service
@@ -96,20 +96,13 @@ async def list_agents(
         where.append(agents.c.status == status.value)
     if agent_type_id is not None:
         where.append(agents.c.agent_type_id == agent_type_id)
-    total = await session.scalar(select(func.count()).select_from(agents).where(*where)) or 0
-    if total <= paging.offset:
-        return [], total
-    stmt = (
-        _ROWS.where(*where)
-        .order_by(agents.c.created_at.desc(), agents.c.id.desc())
-        .offset(paging.offset)
-        .limit(paging.limit)
-    )
-    result = await session.execute(stmt)
+    count = select(func.count()).select_from(agents).where(*where)  # without the joins
+    query = _ROWS.where(*where).order_by(agents.c.created_at.desc(), agents.c.id.desc())
+    rows, total = await paginate(session, query, paging, total=count, scalars=False)
     # Plain tuples zipped with the keys once: no RowMapping, no ORM attribute read per row.
-    keys = [*result.keys(), "project_name", "project_slug"]
+    keys = [*_ROWS.selected_columns.keys(), "project_name", "project_slug"]
     project = (ctx.project.name, ctx.project.slug)
-    return [dict(zip(keys, (*row, *project), strict=True)) for row in result], total
+    return [dict(zip(keys, (*row, *project), strict=True)) for row in rows], total
 
 
 async def spawn(session: AsyncSession, ctx: ProjectContext, data: AgentCreate) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from backend.auth.dependencies import Principal
 from backend.auth.models import ApiKey, RefreshToken, User
 from backend.auth.schemas import ApiKeyCreate, MeUpdate, Scope, UserCreate, UserUpdate
 from backend.config import Settings
-from backend.core.db import KeepWrites, utcnow
+from backend.core.db import KeepWrites, paginate, utcnow
 from backend.core.errors import BadRequest, Conflict, NotFound, Unauthorized, ValidationFailed
 from backend.core.schemas import PageParams
 from backend.core.security import (
@@ -186,14 +186,7 @@ async def update_me(session: AsyncSession, principal: Principal, data: MeUpdate)
 
 
 async def list_users(session: AsyncSession, paging: PageParams) -> tuple[list[User], int]:
-    total = await session.scalar(select(func.count()).select_from(User)) or 0
-    users = await session.scalars(
-        select(User)
-        .order_by(User.created_at.desc(), User.id)
-        .offset(paging.offset)
-        .limit(paging.limit)
-    )
-    return list(users), total
+    return await paginate(session, select(User).order_by(User.created_at.desc(), User.id), paging)
 
 
 async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
@@ -302,15 +295,8 @@ async def list_api_keys(
     session: AsyncSession, principal: Principal, paging: PageParams
 ) -> tuple[list[ApiKey], int]:
     where = (ApiKey.user_id == principal.user.id, ApiKey.revoked_at.is_(None))
-    total = await session.scalar(select(func.count()).select_from(ApiKey).where(*where)) or 0
-    keys = await session.scalars(
-        select(ApiKey)
-        .where(*where)
-        .order_by(ApiKey.created_at.desc(), ApiKey.id)
-        .offset(paging.offset)
-        .limit(paging.limit)
-    )
-    return list(keys), total
+    query = select(ApiKey).where(*where).order_by(ApiKey.created_at.desc(), ApiKey.id)
+    return await paginate(session, query, paging)
 
 
 async def revoke_api_key(session: AsyncSession, principal: Principal, key_id: uuid.UUID) -> None:

@@ -12,13 +12,13 @@ import uuid
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.agent_types.models import AgentType
 from backend.agents.models import Agent, AgentStatus
 from backend.audit import service as audit
-from backend.core.db import after_commit
+from backend.core.db import after_commit, paginate
 from backend.core.errors import InvalidTransition, NotFound
 from backend.core.schemas import PageParams
 from backend.projects.dependencies import ProjectContext
@@ -114,15 +114,8 @@ async def list_runs(
         where.append(Run.agent_id == agent_id)
     if status is not None:
         where.append(Run.status == status.value)
-    total = await session.scalar(select(func.count()).select_from(Run).where(*where)) or 0
-    rows = await session.scalars(
-        select(Run)
-        .where(*where)
-        .order_by(Run.created_at.desc(), Run.id.desc())
-        .offset(paging.offset)
-        .limit(paging.limit)
-    )
-    return list(rows), total
+    query = select(Run).where(*where).order_by(Run.created_at.desc(), Run.id.desc())
+    return await paginate(session, query, paging)
 
 
 async def cancel(session: AsyncSession, ctx: ProjectContext, run_id: uuid.UUID) -> Run:
