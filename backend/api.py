@@ -2,6 +2,7 @@
 
 from fastapi import APIRouter
 
+from backend.admin import router as admin_router
 from backend.agent_types.router import router as agent_types_router
 from backend.agents.router import router as agents_router
 from backend.audit.router import router as audit_router
@@ -21,3 +22,4 @@ api_router.include_router(auth_router, tags=["auth"])
 api_router.include_router(audit_router, tags=["audit"])
 api_router.include_router(agent_types_router, tags=["agent types"])
 api_router.include_router(usage_router, tags=["usage"])
+api_router.include_router(admin_router, tags=["usage"])

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from backend.usage import prometheus as usage_prometheus
+from backend import prometheus
 
 router = APIRouter(tags=["operations"])
 
@@ -57,5 +57,5 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("/metrics", operation_id="prometheus_metrics", summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
-    await usage_prometheus.refresh(request.app)  # runs, tokens, cost, queue: read at scrape time
+    await prometheus.refresh(request.app)  # runs, tokens, cost, queue: read at scrape time
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -38,10 +38,10 @@ from backend.config import Settings, get_settings
 from backend.core.db import create_engine, create_sessionmaker
 from backend.core.errors import is_connection_error
 from backend.core.logging import configure_logging, innermost_frame
+from backend.maintenance import maintenance
 from backend.runs import dispatch, pipeline, tasks
 from backend.runs.executor import WorkerState
 from backend.runs.schemas import MAX_TIMEOUT_SECONDS
-from backend.usage.tasks import maintenance
 
 log = structlog.get_logger()
 T = TypeVar("T")

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -351,3 +351,15 @@ async def ensure_first_superuser(settings: Settings, session: AsyncSession) -> b
     created = await ensure_superuser(session, settings.FIRST_SUPERUSER_EMAIL, password)
     await session.commit()
     return created
+
+
+async def purge_refresh_tokens(session: AsyncSession, *, before: datetime) -> int:
+    dead_families = (
+        select(RefreshToken.family_id)
+        .group_by(RefreshToken.family_id)
+        .having(func.max(RefreshToken.expires_at) < before)
+    )
+    result = await session.execute(
+        delete(RefreshToken).where(RefreshToken.family_id.in_(dead_families))
+    )
+    return result.rowcount or 0

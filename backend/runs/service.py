@@ -23,6 +23,7 @@ from backend.core.errors import InvalidTransition, NotFound
 from backend.core.schemas import PageParams
 from backend.projects.dependencies import ProjectContext
 from backend.runs import dispatch, pipeline, streams
+from backend.runs import metrics as runs_metrics
 from backend.runs.models import FINISHED, Run, RunStatus
 from backend.runs.pipeline import Conclusion
 from backend.runs.schemas import RunCreate
@@ -200,7 +201,7 @@ def observe_end(session: AsyncSession, run: Run) -> None:
     status, started_at, finished_at = run.status, run.started_at, run.finished_at
 
     async def observe() -> None:
-        usage.observe_finished(status, started_at, finished_at)
+        runs_metrics.observe_finished(status, started_at, finished_at)
 
     after_commit(session, observe)
 

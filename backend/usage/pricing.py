@@ -53,7 +53,7 @@ from genai_prices import types as gp_types
 from genai_prices.data_snapshot import DataSnapshot
 from genai_prices.update_prices import UpdatePrices
 
-from backend.runs.providers.base import Usage
+from backend.usage.tokens import Usage
 
 __all__ = ["PRICES_VERSION", "Price", "price_call", "to_money"]
 

@@ -10,9 +10,9 @@ from sqlalchemy import update
 
 from backend.core.db import utcnow
 from backend.projects.models import Project, Role
+from backend.runs.metrics import WORKER_KEY_PREFIX
 from backend.runs.models import Run, RunStatus
-from backend.runs.providers.base import Usage
-from backend.usage import service
+from backend.usage.tokens import Usage
 from tests.usage.conftest import OVERRIDE, World, finish, record_call
 
 DAY1 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -284,8 +284,8 @@ async def test_admin_metrics_shape_and_figures(client, app, world: World, auth) 
     await world.db.commit()
     redis, queue = app.state.redis, app.state.settings.QUEUE_NAME
     await redis.zadd(queue, {"job-a": 1, "job-b": 2})
-    await redis.set(f"{service.WORKER_KEY_PREFIX}worker-1", "1", ex=30)
-    await redis.set(f"{service.WORKER_KEY_PREFIX}worker-2", "1", ex=30)
+    await redis.set(f"{WORKER_KEY_PREFIX}worker-1", "1", ex=30)
+    await redis.set(f"{WORKER_KEY_PREFIX}worker-2", "1", ex=30)
 
     response = await client.get("/api/v1/admin/metrics", headers=admin.headers)
     assert response.status_code == 200, response.text
