@@ -40,7 +40,7 @@ from backend.core.errors import is_connection_error
 from backend.core.logging import configure_logging, innermost_frame
 from backend.maintenance import maintenance
 from backend.runs import dispatch, pipeline, tasks
-from backend.runs.executor import WorkerState
+from backend.runs.attempt import WorkerState
 from backend.runs.schemas import MAX_TIMEOUT_SECONDS
 
 log = structlog.get_logger()

@@ -13,19 +13,20 @@ import uuid
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import exists, select
+from sqlalchemy import column, exists, select, table
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.agent_types.models import AgentType, ProviderName
 from backend.agent_types.schemas import AgentTypeCreate, AgentTypeUpdate, FakeConfig
-from backend.agents.models import Agent, AgentStatus
 from backend.audit import service as audit
 from backend.auth.dependencies import Principal
 from backend.core.db import paginate, utcnow
 from backend.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from backend.core.schemas import PageParams
 
+# The agents that use a type (agents depend on agent types, not the other way round).
+_agents = table("agents", column("agent_type_id"), column("status"))
 _LIVE = AgentType.deleted_at.is_(None)
 
 
@@ -142,9 +143,7 @@ def _pick(new: Any, old: Any) -> Any:
 async def delete(session: AsyncSession, principal: Principal, type_id: uuid.UUID) -> None:
     agent_type = await _locked(session, type_id)
     in_use = await session.scalar(
-        select(
-            exists().where(Agent.agent_type_id == type_id, Agent.status != AgentStatus.terminated)
-        )
+        select(exists().where(_agents.c.agent_type_id == type_id, _agents.c.status != "terminated"))
     )
     if in_use:
         raise Conflict(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from redis.exceptions import RedisError
@@ -21,12 +21,10 @@ from backend.config import Settings
 from backend.core.db import storable
 from backend.runs import metrics as runs_metrics
 from backend.runs import streams
+from backend.runs.attempt import Attempt, WorkerState
 from backend.runs.pipeline import Conclusion as C
 from backend.runs.schemas import RunRow
 from backend.usage import service as usage
-
-if TYPE_CHECKING:
-    from backend.runs.executor import Attempt, WorkerState
 
 log = structlog.get_logger()
 

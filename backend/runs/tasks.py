@@ -40,7 +40,7 @@ from backend.core.errors import is_connection_error
 from backend.core.logging import innermost_frame
 from backend.runs import dispatch, executor, pipeline, streams
 from backend.runs import service as runs_service
-from backend.runs.executor import WorkerState
+from backend.runs.attempt import WorkerState
 from backend.runs.metrics import WORKER_KEY_PREFIX
 from backend.runs.models import Run, RunStatus
 from backend.runs.pipeline import Conclusion
