@@ -4,6 +4,7 @@ import uuid
 
 from fastapi import APIRouter, status
 
+from backend import lifecycle
 from backend.audit import service as audit_service
 from backend.audit.schemas import AuditEntry
 from backend.auth.dependencies import CurrentPrincipal, rate_limit
@@ -107,7 +108,7 @@ async def update_project(body: ProjectUpdate, ctx: ProjectEditor, session: Sessi
     dependencies=[rate_limit("projects.delete", "10/minute")],
 )
 async def delete_project(ctx: ProjectOwner, session: Session) -> None:
-    await service.delete(session, ctx)
+    await lifecycle.delete_project(session, ctx)
 
 
 @router.get(

@@ -144,11 +144,9 @@ async def lock_for_spawn(session: AsyncSession, project_id: uuid.UUID) -> None:
 
 
 async def delete(session: AsyncSession, ctx: ProjectContext) -> None:
-    from backend.agents import service as agents_service  # agents depend on projects
-
+    """The project leaves every listing (its agents and runs end: backend/lifecycle.py)."""
     # Waits for spawns in flight (lock_for_spawn) and makes later ones wait for this commit.
     await session.execute(select(Project.id).where(Project.id == ctx.project.id).with_for_update())
-    await agents_service.terminate_all(session, ctx, reason="project deleted")
     ctx.project.deleted_at = utcnow()
     audit.record(
         session,
