@@ -1,5 +1,6 @@
-"""Cross-domain operations figures: the superuser's `/admin/metrics` (runs, queue, workers
-and usage together), so neither the runs nor the usage domain needs the other."""
+"""The superuser's cross-domain routes: `/admin/metrics` (runs, queue, workers and usage
+together, so neither the runs nor the usage domain needs the other) and `/admin/audit-log`
+(the audit domain imports no other)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from fastapi import APIRouter, Request
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.audit import service as audit_service
+from backend.audit.schemas import AuditEntry
 from backend.auth.dependencies import SuperuserSession, rate_limit
 from backend.core.db import Session
-from backend.core.schemas import error_responses
+from backend.core.schemas import Page, Paging, error_responses
 from backend.runs import metrics as runs_metrics
 from backend.usage import metrics as usage_metrics
 from backend.usage.schemas import AdminMetrics
@@ -43,6 +46,7 @@ async def admin_metrics(
 
 @router.get(
     "/admin/metrics",
+    tags=["usage"],
     response_model=AdminMetrics,
     operation_id="get_admin_metrics",
     summary="Queue depth, runs by status, run durations, live workers, usage totals (superuser)",
@@ -52,3 +56,16 @@ async def admin_metrics(
 async def get_admin_metrics(principal: SuperuserSession, session: Session, request: Request):
     state = request.app.state
     return await admin_metrics(session, state.redis, state.settings.QUEUE_NAME)
+
+
+@router.get(
+    "/admin/audit-log",
+    tags=["audit"],
+    response_model=Page[AuditEntry],
+    operation_id="list_audit_log",
+    summary="The whole audit log (superuser)",
+    responses=error_responses(401, 403, 422, 429),
+    dependencies=[rate_limit("audit.admin", "60/minute")],
+)
+async def admin_audit_log(principal: SuperuserSession, session: Session, paging: Paging):
+    return paging.build(*await audit_service.list_entries(session, paging))

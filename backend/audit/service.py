@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -11,13 +11,24 @@ from backend.core.db import paginate
 from backend.core.middleware import current_request_id
 from backend.core.schemas import PageParams
 
-if TYPE_CHECKING:
-    from backend.auth.dependencies import Principal
+
+class _Id(Protocol):
+    id: uuid.UUID
+
+
+class Actor(Protocol):
+    """Who acts (auth's Principal): a user, and the API key they act through, if any."""
+
+    @property
+    def user(self) -> _Id: ...
+
+    @property
+    def api_key(self) -> _Id | None: ...
 
 
 def record(
     session: AsyncSession,
-    principal: Principal | None,
+    principal: Actor | None,
     action: str,
     *,
     project_id: uuid.UUID | None = None,
