@@ -170,7 +170,8 @@ class _Fetched:
     its abort) answers what the take script already read."""
 
     def __init__(self, pool: Any, results: list[Any]) -> None:
-        self._pool, self._results = pool, results
+        self._pool = pool
+        self._results: list[Any] | None = results
 
     def pipeline(self, **kwargs: Any) -> Any:
         if self._results is None:

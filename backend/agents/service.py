@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import bindparam, column, func, select, table, text
+from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.agent_types import service as agent_types_service
@@ -186,7 +187,7 @@ async def _update_fields(
 ) -> None:
     # Guarded like a transition: a terminated agent is read-only (no read-then-write).
     changed = await session.scalar(
-        agents.update()
+        sql_update(Agent)
         .where(
             agents.c.id == agent_id,
             agents.c.project_id == ctx.project.id,

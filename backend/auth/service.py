@@ -3,8 +3,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -362,4 +363,4 @@ async def purge_refresh_tokens(session: AsyncSession, *, before: datetime) -> in
     result = await session.execute(
         delete(RefreshToken).where(RefreshToken.family_id.in_(dead_families))
     )
-    return result.rowcount or 0
+    return cast("CursorResult[Any]", result).rowcount or 0

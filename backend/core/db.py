@@ -198,10 +198,10 @@ Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 async def paginate(
     session: AsyncSession,
-    query: Select[Any],
+    query: Select,  # type: ignore[type-arg]
     paging: PageParams,
     *,
-    total: Select[Any] | None = None,
+    total: Select | None = None,  # type: ignore[type-arg]
     scalars: bool = True,
 ) -> tuple[list[Any], int]:
     """One page of `query` (ordered by the caller) and how many rows there are in all (`total`,

@@ -42,7 +42,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 from urllib.parse import quote
 
 import psutil
@@ -419,7 +419,7 @@ class EmbeddedPostgres:
 
     def _run(self, cmd: Sequence[str], stdin: str | None = None) -> None:
         """Run a Postgres binary as the server user; raise with its output on failure."""
-        as_user: dict[str, object] = {}
+        as_user: dict[str, Any] = {}
         if self._user:
             as_user = {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}

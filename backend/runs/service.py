@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy import bindparam, select
+from sqlalchemy import ColumnElement, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.agent_types.models import AgentType
@@ -157,7 +158,7 @@ async def cancel_live_runs(
 ) -> int:
     """Cancel the queued and running runs of an agent (terminate) or a project (deletion), in
     the caller's transaction."""
-    where = [Run.status.in_([s.value for s in _LIVE])]
+    where: list[ColumnElement[bool]] = [Run.status.in_([s.value for s in _LIVE])]
     where += [Run.agent_id == agent_id] if agent_id else [Run.project_id == project_id]
     error = {"code": "cancelled", "message": reason[:300]}
     jobs = [
@@ -171,7 +172,7 @@ async def _cancel(session: AsyncSession, jobs: list[dict[str, Any]]) -> list[Any
     """The worker's `cancelled` conclusion for these runs (usage counted, agent freed unless
     paused or terminated); after commit: the running ones' jobs aborted, the freed agents'
     next runs enqueued, the final events published. The rows it moved."""
-    rows = [row for row in await pipeline.conclude_in(session, Conclusion.cancelled, jobs)]
+    rows = await pipeline.conclude_in(session, Conclusion.cancelled, jobs)
     moved = [row for row in rows if row.moved]
     if not moved:
         return []
@@ -186,14 +187,21 @@ async def _cancel(session: AsyncSession, jobs: list[dict[str, Any]]) -> list[Any
     for row in moved:
         run = runs[row.id]
         if row.from_status == RunStatus.running:
-            run_id, attempt = run.id, run.attempt - 1  # its job id carries the pre-claim count
-            dispatch.later(session, lambda d, r=run_id, a=attempt: d.abort(r, a))
+            # Its job id carries the pre-claim attempt count.
+            dispatch.later(session, _abort(run.id, run.attempt - 1))
         if row.released and row.next_id is not None:
-            next_id, next_attempt = row.next_id, row.next_attempt
-            dispatch.later(session, lambda d, r=next_id, a=next_attempt: d.enqueue(r, a))
+            dispatch.later(session, _enqueue(row.next_id, row.next_attempt))
         notify_end(session, run)
         observe_end(session, run)
     return moved
+
+
+def _abort(run_id: uuid.UUID, attempt: int) -> Callable[[dispatch.Dispatcher], Awaitable[Any]]:
+    return lambda d: d.abort(run_id, attempt)
+
+
+def _enqueue(run_id: uuid.UUID, attempt: int) -> Callable[[dispatch.Dispatcher], Awaitable[Any]]:
+    return lambda d: d.enqueue(run_id, attempt)
 
 
 def observe_end(session: AsyncSession, run: Run) -> None:
@@ -201,7 +209,8 @@ def observe_end(session: AsyncSession, run: Run) -> None:
     status, started_at, finished_at = run.status, run.started_at, run.finished_at
 
     async def observe() -> None:
-        runs_metrics.observe_finished(status, started_at, finished_at)
+        if finished_at is not None:
+            runs_metrics.observe_finished(status, started_at, finished_at)
 
     after_commit(session, observe)
 

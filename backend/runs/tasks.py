@@ -187,6 +187,7 @@ async def sweep_runs(ctx: dict[str, Any]) -> int:
         )
         rows = (await session.execute(heads)).all()
         now = await session.scalar(select(func.now()))
+    assert now is not None
     w.sweep_after = rows[-1].agent_id if len(rows) == SWEEP_BATCH else None
     enqueued = 0
     for _, run_id, attempt, updated_at in rows:

@@ -40,7 +40,7 @@ def _sums() -> list[Any]:
 
 def _usage(row: Any) -> dict[str, Any]:
     """A group's counters as the API shows them (see the module docstring for cost_usd)."""
-    out = {name: int(getattr(row, name)) for name in ("runs", *STATUSES, "calls", *_TOKENS)}
+    out: dict[str, Any] = {n: int(getattr(row, n)) for n in ("runs", *STATUSES, "calls", *_TOKENS)}
     out["total_tokens"] = sum(out[name] for name in _TOKENS)
     unknown = int(row.unknown_cost_calls)
     out["cost_unknown_calls"] = unknown

@@ -9,9 +9,10 @@ Usage (provider_calls, usage_rollups) is history: compacted, never purged.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import text
+from sqlalchemy import CursorResult, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.usage.models import UsageRollup
@@ -49,4 +50,4 @@ async def compact_rollups(session: AsyncSession, *, before: datetime) -> int:
     is merged by the next pass.
     """
     result = await session.execute(_COMPACT, {"before": before})
-    return result.rowcount or 0
+    return cast("CursorResult[Any]", result).rowcount or 0
