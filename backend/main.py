@@ -14,6 +14,7 @@ from arq.connections import ArqRedis
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from backend import openapi
 from backend.api import api_router
 from backend.config import Settings, get_settings
 from backend.core.db import autocommit, create_engine, create_sessionmaker
@@ -24,9 +25,6 @@ from backend.core.ratelimit import RateLimiter
 from backend.ops import router as ops_router
 
 ROOT = Path(__file__).resolve().parent.parent
-# The docs' tag order (api.py includes the routers in hot-path-first order instead).
-_TAG_ORDER = "operations", "auth", "projects", "audit", "agent types", "agents", "usage", "runs"
-OPENAPI_TAGS = [{"name": name} for name in _TAG_ORDER]
 
 
 def migration_head() -> str | None:
@@ -97,8 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             '`{"error": {"code", "message", "field", "request_id"}}`.'
         ),
         lifespan=lifespan,
-        openapi_tags=OPENAPI_TAGS,
     )
+    openapi.install(app)
     app.state.settings = settings
     install_error_handlers(app)
     if settings.CORS_ORIGINS:

@@ -167,8 +167,11 @@ async def list_users(principal: SuperuserSession, session: Session, paging: Pagi
     responses={**_AUTHED, **error_responses(409)},
     dependencies=[rate_limit("users.create", "30/minute")],
 )
-async def create_user(body: UserCreate, principal: SuperuserSession, session: Session):
+async def create_user(
+    body: UserCreate, principal: SuperuserSession, session: Session, response: Response
+):
     user = await service.create_user(session, body)
+    response.headers["Location"] = f"/api/v1/users/{user.id}"
     audit.record(
         session,
         principal,
