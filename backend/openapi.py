@@ -9,6 +9,8 @@ streams FastAPI cannot describe (SSE event schemas, the WebSocket as `x-websocke
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI
@@ -136,6 +138,7 @@ def build(app: FastAPI) -> dict[str, Any]:
         servers=SERVERS,
     )
     components = spec["components"]
+    _restore_examples(components["schemas"])
     # Never answered: every 422 leaves in our envelope (documented below instead).
     for name in ("HTTPValidationError", "ValidationError"):
         components["schemas"].pop(name, None)
@@ -148,6 +151,25 @@ def build(app: FastAPI) -> dict[str, Any]:
             _complete(path, operation)
     spec["x-websockets"] = websockets()
     return spec
+
+
+def _models(cls: type[BaseModel] = BaseModel) -> Iterator[type[BaseModel]]:
+    for sub in cls.__subclasses__():
+        if sub.__module__.startswith("backend."):
+            yield sub
+        yield from _models(sub)
+
+
+def _restore_examples(schemas: dict[str, Any]) -> None:
+    """get_openapi() drops every null from the document, examples' too (`"field": null`
+    disappears, and a required nullable field with it): put the models' own examples back."""
+    by_name: dict[str, list[type[BaseModel]]] = {}
+    for model in set(_models()):
+        by_name.setdefault(re.sub(r"[^a-zA-Z0-9.\-_]", "_", model.__name__), []).append(model)
+    for name, schema in schemas.items():
+        found = by_name.get(name, [])
+        if "examples" in schema and len(found) == 1:
+            schema["examples"] = found[0].model_json_schema()["examples"]
 
 
 def _add_models(schemas: dict[str, Any], models: list[tuple[type[BaseModel], Any]]) -> None:

@@ -3,8 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response, status
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import APIRouter, Form, Request, Response, status
 
 from backend.audit import service as audit
 from backend.auth import service
@@ -19,6 +18,7 @@ from backend.auth.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyOut,
+    LoginForm,
     LoginIn,
     MeUpdate,
     RefreshIn,
@@ -89,7 +89,7 @@ async def login(body: LoginIn, request: Request, response: Response, session: Se
     dependencies=[ip_rate_limit("auth.login", "30/minute")],
 )
 async def login_form(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    form: Annotated[LoginForm, Form()],
     request: Request,
     response: Response,
     session: Session,

@@ -58,6 +58,18 @@ class LoginIn(Strict):
     password: AnyPassword
 
 
+class LoginForm(BaseModel):
+    """The OAuth2 password grant form (what the docs' Authorize button sends)."""
+
+    model_config = examples({"username": "ada@example.com", "password": "s3cret-pass"})
+    grant_type: Annotated[str, StringConstraints(pattern=r"^password$")] | None = None
+    username: text(320, min_length=1) = Field(description="The account's email")
+    password: str
+    scope: str = ""
+    client_id: str | None = None
+    client_secret: str | None = None
+
+
 class RefreshIn(Strict):
     model_config = examples({"refresh_token": "agyr_3q2…"}, extra="forbid")
     refresh_token: Annotated[str, Field(min_length=1, max_length=512)]
