@@ -58,6 +58,11 @@ HEADERS: dict[str, dict[str, Any]] = {
         "required": True,
         "schema": {"type": "integer", "minimum": 1},
     },
+    "WWW-Authenticate": {
+        "description": "The scheme to authenticate with: `Bearer`",
+        "required": True,
+        "schema": {"type": "string"},
+    },
     "Location": {
         "description": "URL of the created object",
         "required": True,
@@ -209,6 +214,7 @@ def _complete(path: str, operation: dict[str, Any]) -> None:
     for status, response in responses.items():
         names = ["X-Request-ID", *(_LIMIT_HEADERS if limited else ())]
         names += ["Retry-After"] if status == "429" else []
+        names += ["WWW-Authenticate"] if status == "401" else []
         names += ["Location"] if status.startswith("2") and operation_id in LOCATED else []
         response["headers"] = {name: {"$ref": f"#/components/headers/{name}"} for name in names}
     links = LINKS.get(operation_id)

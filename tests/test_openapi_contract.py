@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 import schemathesis
 from pydantic import ValidationError
 from schemathesis.engine import Status, events, from_schema
+from schemathesis.python import asgi
 
 from backend.agent_types.models import AgentType
 from backend.agent_types.schemas import FakeConfig
@@ -103,11 +104,13 @@ def _run(app, token: str) -> tuple[Counter[str], list[str], dict[str, set[int]]]
     cases: Counter[str] = Counter()
     failures: list[str] = []
     statuses: dict[str, set[int]] = defaultdict(set)
-    elapsed: Counter[str] = Counter()
-    for event in from_schema(schema).execute():
+    try:
+        finished = list(from_schema(schema).execute())
+    finally:
+        asgi.shutdown_lifespans()  # the app's pools close before the test database goes
+    for event in finished:
         if isinstance(event, events.ScenarioFinished):
             cases[event.phase.name] += len(event.recorder.cases)
-            elapsed[event.phase.name] += event.elapsed_time
             for case_id, interaction in event.recorder.interactions.items():
                 if interaction.response is not None:
                     operation = event.recorder.cases[case_id].value.operation.label
@@ -120,7 +123,6 @@ def _run(app, token: str) -> tuple[Counter[str], list[str], dict[str, set[int]]]
             failures.append(f"error: {event.label}: {event.info.message}")
         elif isinstance(event, events.FatalError):
             failures.append(f"fatal: {event.exception!r}")
-    print("elapsed", dict(elapsed))
     return cases, failures, statuses
 
 
@@ -150,5 +152,8 @@ async def test_schemathesis_finds_no_contract_failure(settings, auth) -> None:
     print(f"schemathesis: {dict(cases)} cases in {time.monotonic() - started:.1f} s")
     for operation, seen in sorted(statuses.items()):
         print(f"  {operation}: {sorted(seen)}")
-    assert sum(cases.values()) > 500
     assert not failures, "\n".join(sorted(set(failures)))
+    # A run that reached nothing proves nothing: most operations must have succeeded somewhere.
+    succeeded = [op for op, seen in statuses.items() if any(200 <= s < 300 for s in seen)]
+    assert len(statuses) == sum(len(item) for item in app.openapi()["paths"].values())
+    assert len(succeeded) >= 0.75 * len(statuses), sorted(set(statuses) - set(succeeded))

@@ -38,7 +38,10 @@ def _storable_json(value: Any) -> Any:
     return value
 
 
-JsonObject = Annotated[dict[str, Any], AfterValidator(_storable_json)]
+JSON_RULES = "any JSON object of at most 64 KiB, with no NUL in any key or string"
+JsonObject = Annotated[
+    dict[str, Any], AfterValidator(_storable_json), Field(description=f"A{JSON_RULES[1:]}")
+]
 Name = text(200, min_length=1, strip=True)
 Slug = Annotated[
     str, StringConstraints(pattern=r"^[a-z0-9]+(?:-[a-z0-9]+)*$", min_length=1, max_length=100)

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from backend.agent_types.schemas import JsonObject, Name, text
+from backend.agent_types.schemas import JSON_RULES, JsonObject, Name, text
 from backend.agents.models import AgentStatus
 from backend.core.schemas import Money, Schema, examples, keep
 
@@ -31,7 +31,7 @@ class AgentCreate(BaseModel):
     agent_type_id: uuid.UUID
     name: Name
     project_id: uuid.UUID | None = Field(
-        None, description="Optional; must equal the path's project id when given"
+        None, description="Optional; must equal the path's project id (else 422)"
     )
     current_task: Task | None = None
     short_term_memory: JsonObject = {}
@@ -46,7 +46,7 @@ class AgentUpdate(BaseModel):
     current_task: Task | None = None
     short_term_memory: Annotated[
         JsonObject | None, AfterValidator(lambda memory: {} if memory is None else memory)
-    ] = Field(None, description="Replaces the memory; null clears it (to {})")
+    ] = Field(None, description=f"Replaces the memory ({JSON_RULES}); null clears it (to {{}})")
     long_term_memory_ref: MemoryRef | None = None
     session_id: SessionId | None = None
 
