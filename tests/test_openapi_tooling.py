@@ -25,6 +25,7 @@ def document() -> dict:
         SECRET_KEY="x" * 40,
         DATABASE_URL="postgresql://unused",
         REDIS_URL="redis://unused",
+        LOG_LEVEL="WARNING",  # create_app configures the process's logging
         _env_file=None,  # type: ignore[call-arg]
     )
     return create_app(settings).openapi()
