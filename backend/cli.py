@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import typer
+import uvicorn
 
 from backend.config import Settings
 
@@ -30,26 +31,20 @@ def migrate_to_head(url: str) -> None:
 
 
 async def bootstrap(settings: Settings, *, seed: bool) -> None:
-    """First superuser (and, in dev, the demo agent types), in one transaction."""
+    """First superuser (the API's startup creates it too), and, in dev, the demo agent types."""
     from backend.auth import service as auth_service
     from backend.core.db import create_engine, create_sessionmaker
 
     engine = create_engine(settings.DATABASE_URL, pool_size=1, max_overflow=0)  # type: ignore[arg-type]
     try:
         async with create_sessionmaker(engine)() as session:
-            if settings.FIRST_SUPERUSER_EMAIL and settings.FIRST_SUPERUSER_PASSWORD:
-                created = await auth_service.ensure_superuser(
-                    session,
-                    settings.FIRST_SUPERUSER_EMAIL,
-                    settings.FIRST_SUPERUSER_PASSWORD.get_secret_value(),
-                )
-                if created:
-                    typer.echo(f"Created superuser {settings.FIRST_SUPERUSER_EMAIL}")
+            if await auth_service.ensure_first_superuser(settings, session):
+                typer.echo(f"Created superuser {settings.FIRST_SUPERUSER_EMAIL}")
             if seed:
                 from backend.agent_types.seed import seed_fake_types
 
                 await seed_fake_types(session)
-            await session.commit()
+                await session.commit()
     finally:
         await engine.dispose()
 
@@ -82,25 +77,31 @@ def _banner(settings: Settings, embedded: bool, dev_password: str | None) -> str
     )
 
 
-async def _serve(settings: Settings, *, with_worker: bool) -> None:
-    import uvicorn
+def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
+    """Proxy headers are honoured only from FORWARDED_ALLOW_IPS (by default from nobody:
+    uvicorn's own default trusts localhost, so any local client could forge its IP)."""
+    trusted = settings.forwarded_allow_ips
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.HOST,
+        port=settings.PORT,
+        log_config=None,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted,
+    )
 
+
+async def _serve(settings: Settings, *, with_worker: bool) -> None:
     from backend.main import create_app
 
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings),
-            host=settings.HOST,
-            port=settings.PORT,
-            log_config=None,
-            proxy_headers=True,
-        )
-    )
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn_config(settings, app))
     worker = None
     if with_worker:
         from backend.worker import run_worker
 
         worker = await run_worker(settings)
+        app.state.worker = worker  # /ready reports its health too
     try:
         await server.serve()
     finally:
@@ -150,17 +151,42 @@ def dev() -> None:
 @app.command()
 def api() -> None:
     """Serve the API only (production): DATABASE_URL, REDIS_URL and SECRET_KEY required."""
-    settings = Settings()
-    asyncio.run(bootstrap(settings, seed=False))
-    asyncio.run(_serve(settings, with_worker=False))
+    asyncio.run(_serve(Settings(), with_worker=False))  # its startup creates the superuser
 
 
 @app.command()
 def worker() -> None:
-    """Run an ARQ worker (the same as `arq backend.worker.WorkerSettings`)."""
+    """Run a worker process: executes runs until SIGINT/SIGTERM; survives Redis and Postgres
+    outages (it reconnects by itself)."""
     from backend.worker import main as worker_main
 
     worker_main()
+
+
+@app.command("worker-health")
+def worker_health() -> None:
+    """Exit 0 if the worker writing WORKER_HEALTH_FILE reached Redis and Postgres at its last
+    heartbeat, and that heartbeat is recent (a container healthcheck); else exit 1."""
+    import json
+    import time
+
+    settings = Settings()
+    if not settings.WORKER_HEALTH_FILE:
+        raise typer.BadParameter("WORKER_HEALTH_FILE is not set")
+    path = Path(settings.WORKER_HEALTH_FILE)
+    try:
+        health = json.loads(path.read_text())
+        age = time.time() - path.stat().st_mtime
+    except (OSError, ValueError):
+        typer.echo("unhealthy: no health file yet", err=True)
+        raise typer.Exit(1) from None
+    if age > 3 * settings.WORKER_HEARTBEAT_SECONDS + 1:
+        typer.echo(f"unhealthy: last heartbeat {age:.0f} s ago", err=True)
+        raise typer.Exit(1)
+    if not health.get("healthy"):
+        typer.echo(f"unhealthy: redis={health.get('redis')} database={health.get('database')}")
+        raise typer.Exit(1)
+    typer.echo("healthy")
 
 
 @app.command()
@@ -171,6 +197,8 @@ def migrate() -> None:
         raise typer.BadParameter("DATABASE_URL is not set")
     migrate_to_head(settings.DATABASE_URL)
     typer.echo("Database is at head.")
+    # Before any API serves (and registration opens): nobody can claim the admin's email first.
+    asyncio.run(bootstrap(settings, seed=False))
 
 
 @app.command("create-superuser")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -10,6 +11,27 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _WEAK_SECRETS = {"", "changeme", "change-me", "secret", "dev"}
+# Defaults published somewhere (ours: `agentry dev`'s agentry-admin) or guessed first.
+_WEAK_PASSWORDS = _WEAK_SECRETS | {
+    "agentry-admin",
+    "agentry",
+    "admin",
+    "administrator",
+    "password",
+    "password1",
+    "password123",
+    "12345678",
+    "123456789",
+    "qwertyuiop",
+    "letmein",
+    "changeit",
+    "change-it",
+    "changemenow",
+}
+
+
+def _weak_password(password: str) -> bool:
+    return len(password) < 8 or password.strip().lower() in _WEAK_PASSWORDS
 
 
 class Settings(BaseSettings):
@@ -38,6 +60,11 @@ class Settings(BaseSettings):
     FIRST_SUPERUSER_PASSWORD: SecretStr | None = None
     REGISTRATION_ENABLED: bool = True
     CORS_ORIGINS: list[str] = []
+    # Peers whose X-Forwarded-For/-Proto are believed (comma-separated IPs or CIDRs, "*" for
+    # any). Empty: none, so a client cannot choose the IP its anonymous rate limits count on.
+    FORWARDED_ALLOW_IPS: str = ""
+    # Request bodies over this are refused (413) before they are read whole.
+    MAX_REQUEST_BODY_BYTES: int = Field(1_048_576, ge=1024)
 
     RATE_LIMIT_ENABLED: bool = True
     RATE_LIMIT_MULTIPLIER: float = Field(1.0, gt=0)
@@ -57,6 +84,11 @@ class Settings(BaseSettings):
     # Each worker refreshes its liveness key (TTL below) and its running runs' heartbeat_at.
     WORKER_HEARTBEAT_SECONDS: float = Field(5.0, gt=0)
     WORKER_TTL_SECONDS: float = Field(30.0, gt=0)
+    # A job a worker took stays its own this long without renewal (the worker renews it while
+    # alive): after a crash, another worker takes the job again within this.
+    WORKER_LEASE_SECONDS: float = Field(15.0, ge=1)
+    # Where `agentry worker` writes its health (for `agentry worker-health`); unset: nowhere.
+    WORKER_HEALTH_FILE: str | None = None
     # Sweeper (re-enqueue lost queued runs) and reaper (recover runs of dead workers) period.
     RUN_SWEEP_INTERVAL_SECONDS: int = Field(5, ge=1, le=30)
     # A running run whose heartbeat is older than its attempt timeout + this grace is reaped.
@@ -71,6 +103,10 @@ class Settings(BaseSettings):
     RUN_EVENTS_RETENTION_SECONDS: int = Field(3600, ge=1)
     # SSE comment line sent while a run is quiet (API.md: at least every 15 s).
     SSE_KEEPALIVE_SECONDS: float = Field(15.0, gt=0, le=15)
+    # Long-lived requests (SSE streams, ?wait submits, WebSockets) open at once per caller.
+    MAX_STREAMS_PER_CALLER: int = Field(20, ge=1)
+    # How often a long-lived request re-checks its caller's access (ended once it is lost).
+    STREAM_RECHECK_SECONDS: float = Field(5.0, gt=0, le=60)
 
     DB_POOL_SIZE: int = Field(20, ge=1)
     DB_MAX_OVERFLOW: int = Field(20, ge=0)
@@ -85,6 +121,21 @@ class Settings(BaseSettings):
             return [o.strip() for o in v.split(",") if o.strip()]
         return v
 
+    @field_validator("FORWARDED_ALLOW_IPS")
+    @classmethod
+    def _check_forwarded(cls, v: str) -> str:
+        for entry in _split(v):
+            if entry != "*":
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(f"not an IP address or CIDR network: {entry!r}") from None
+        return v
+
+    @property
+    def forwarded_allow_ips(self) -> list[str]:
+        return _split(self.FORWARDED_ALLOW_IPS)
+
     @model_validator(mode="after")
     def _enforce_secrets(self) -> Settings:
         if self.ENVIRONMENT == "dev":
@@ -95,12 +146,11 @@ class Settings(BaseSettings):
                 "SECRET_KEY must be set to a random string of at least 32 characters "
                 "outside dev mode (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
             )
-        if self.FIRST_SUPERUSER_PASSWORD and self.FIRST_SUPERUSER_PASSWORD.get_secret_value() in (
-            "changeme",
-            "change-me",
-        ):
+        password = self.FIRST_SUPERUSER_PASSWORD
+        if password is not None and _weak_password(password.get_secret_value()):
             raise ValueError(
-                "FIRST_SUPERUSER_PASSWORD must not be a default value outside dev mode"
+                "FIRST_SUPERUSER_PASSWORD must be at least 8 characters and not a published "
+                "default (such as `agentry-admin`, `changeme` or `password`) outside dev mode"
             )
         return self
 
@@ -108,6 +158,10 @@ class Settings(BaseSettings):
     def secret_key(self) -> str:
         assert self.SECRET_KEY is not None, "SECRET_KEY is resolved before the app starts"
         return self.SECRET_KEY.get_secret_value()
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 @lru_cache

@@ -7,7 +7,9 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import structlog
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from arq.connections import ArqRedis
@@ -16,14 +18,17 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from backend import openapi
 from backend.api import api_router
+from backend.auth import service as auth_service
 from backend.config import Settings, get_settings
+from backend.core.bodylimit import BodyLimitMiddleware
 from backend.core.db import autocommit, create_engine, create_sessionmaker
-from backend.core.errors import install_error_handlers
+from backend.core.errors import install_error_handlers, is_connection_error
 from backend.core.logging import configure_logging
 from backend.core.middleware import RequestContextMiddleware
 from backend.core.ratelimit import RateLimiter
 from backend.ops import router as ops_router
 
+log = structlog.get_logger()
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -45,6 +50,20 @@ def tune_gc() -> None:
     gc.freeze()
     young, middle, old = gc.get_threshold()
     gc.set_threshold(max(young, 20_000), middle, old)
+
+
+async def _first_superuser(settings: Settings, sessionmaker: Any) -> None:
+    """Create FIRST_SUPERUSER_EMAIL's user at startup (as `agentry migrate` does), whatever
+    command started the API. A database still down is logged, not fatal: the API starts and
+    answers 503 until it is back, and `agentry migrate` creates the user too."""
+    try:
+        async with sessionmaker() as session:
+            if await auth_service.ensure_first_superuser(settings, session):
+                log.info("first_superuser_created", email=settings.FIRST_SUPERUSER_EMAIL)
+    except Exception as exc:
+        if not is_connection_error(exc):
+            raise
+        log.warning("first_superuser_skipped_database_down", error_type=type(exc).__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -74,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis = redis
         app.state.limiter = limiter
         app.state.migration_head = migration_head()
+        await _first_superuser(settings, app.state.sessionmaker)
         tune_gc()
         try:
             yield
@@ -99,6 +119,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(app)
     app.state.settings = settings
     install_error_handlers(app)
+    # Innermost: its 413s pass CORS and RequestContextMiddleware (X-Request-ID, access log).
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_REQUEST_BODY_BYTES)
     if settings.CORS_ORIGINS:
         app.add_middleware(
             CORSMiddleware,

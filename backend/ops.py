@@ -67,8 +67,12 @@ async def _probe(check, request: Request) -> str:
 )
 async def ready(request: Request) -> JSONResponse:
     db, redis = await asyncio.gather(_probe(_check_db, request), _probe(_check_redis, request))
-    ok = db == "ok" and redis == "ok"
-    body = {"status": "ok" if ok else "unavailable", "database": db, "redis": redis}
+    body = {"database": db, "redis": redis}
+    worker = getattr(request.app.state, "worker", None)
+    if worker is not None:  # a process that also runs runs (`agentry dev`)
+        body["worker"] = worker.health()
+    ok = all(part == "ok" for part in body.values())
+    body = {"status": "ok" if ok else "unavailable", **body}
     return JSONResponse(body, status_code=200 if ok else 503)
 
 

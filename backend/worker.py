@@ -1,5 +1,6 @@
-"""ARQ worker: `arq backend.worker.WorkerSettings` (or `agentry worker`), or in-process
-with `await run_worker(settings)` (`agentry dev`, tests).
+"""The worker: `agentry worker` (a process), or in-process with `await run_worker(settings)`
+(`agentry dev`, tests). Not arq's own CLI: it would build arq's plain Worker, which exits on
+a Redis error and holds a crashed worker's jobs for an hour.
 
 ctx built at startup: settings, engine, sessionmaker (its sessions can dispatch runs),
 redis (ARQ's pool), runs (the executor's WorkerState), and the heartbeat task.
@@ -14,12 +15,13 @@ import os
 import signal
 import socket
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import hiredis
 import structlog
 from arq import cron, func
-from arq.connections import ArqRedis, RedisSettings, create_pool, log_redis_info
+from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import (
     abort_jobs_ss,
     in_progress_key_prefix,
@@ -30,16 +32,19 @@ from arq.constants import (
 from arq.utils import timestamp_ms, to_ms
 from arq.worker import Worker
 from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
 
 from backend.config import Settings, get_settings
 from backend.core.db import create_engine, create_sessionmaker
-from backend.core.logging import configure_logging
+from backend.core.errors import is_connection_error
+from backend.core.logging import configure_logging, innermost_frame
 from backend.runs import dispatch, pipeline, tasks
 from backend.runs.executor import WorkerState
 from backend.runs.schemas import MAX_TIMEOUT_SECONDS
 from backend.usage.tasks import maintenance
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 # Longer than any attempt (attempts time themselves out); ARQ's timeout is only a backstop.
 JOB_TIMEOUT_SECONDS = MAX_TIMEOUT_SECONDS + 60
@@ -47,6 +52,9 @@ CRON_TIMEOUT_SECONDS = 60
 ORM_POOL_SIZE = 5
 # A woken poll loop still waits this long: the jobs that end together are replaced together.
 MIN_POLL_GAP_SECONDS = 0.002
+MAX_TAKES = 5  # times a job is taken (by workers that died before finishing it) before dropped
+# Backoff while Redis (the poll loop) or Postgres (startup) cannot be reached.
+RECONNECT_MIN_SECONDS, RECONNECT_MAX_SECONDS = 0.2, 5.0
 # KEYS: the queue, then each candidate's in-progress key; ARGV: how many to take, now (ms),
 # the in-progress TTL (ms), then the candidates' ids. Takes the candidates that are due and not
 # in progress anywhere, in order, marking them in progress: arq's per-job WATCH/EXISTS/ZSCORE/
@@ -92,7 +100,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         dispatcher.on_enqueue = ctx["worker"].wake  # its next poll takes the job at once
     dispatch.install(sessionmaker, dispatcher)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    db = await pipeline.Pipeline.connect(settings, worker_id)
+    db = await _until_connected("database", lambda: pipeline.Pipeline.connect(settings, worker_id))
     state = WorkerState(sessionmaker, dispatcher, settings, worker_id, db)
     ctx.update(engine=engine, sessionmaker=sessionmaker, runs=state)
     await tasks.beat(state)  # alive before the first job
@@ -111,6 +119,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
             await state.dispatcher.redis.delete(tasks.worker_key(state.worker_id))
         except Exception:  # noqa: BLE001 - the key expires anyway
             log.warning("worker_key_delete_failed", exc_info=True)
+        tasks.clear_health(state.settings)
     if state is not None:
         await state.db.close()
     engine = ctx.pop("engine", None)
@@ -129,7 +138,10 @@ def worker_options(settings: Settings) -> dict[str, Any]:
                 tasks.execute_run,
                 name=dispatch.EXECUTE_RUN,
                 timeout=JOB_TIMEOUT_SECONDS,
-                max_tries=1,  # retries are ours (new attempt, new job id), never ARQ's
+                # Retries are ours (new attempt, new job id), never ARQ's; a job taken again
+                # after its worker died (its lease expired) runs again, and the claim refuses
+                # it if that attempt had already started.
+                max_tries=MAX_TAKES,
                 keep_result=0,  # a finished job's id is free again at once
             )
         ],
@@ -236,40 +248,112 @@ class AgentryWorker(Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # arq keeps a taken job its worker's for the job timeout + 10 s (an hour here): a
+        # worker killed before claiming the run would block it that long. A short lease,
+        # renewed while the worker lives, hands it to another worker within seconds.
+        self.in_progress_timeout_s = self.ctx["settings"].WORKER_LEASE_SECONDS
+        self._leases_renewed = 0.0
         self._wake = asyncio.Event()
         self._take_jobs: AsyncScript | None = None
         self._finishing: pipeline.Batcher[tuple[Any, ...], None] | None = None
 
     async def main(self) -> None:
-        """arq 0.28's Worker.main, with this worker's Redis connections packing with hiredis
-        and a poll loop that also wakes when a job ends or this process enqueues one (a freed
-        slot or an agent's next run does not wait for the next poll)."""
+        """arq 0.28's Worker.main, surviving Redis and Postgres outages (it reconnects with
+        backoff and reports itself unhealthy meanwhile, never exits), renewing the leases of
+        the jobs it runs, with its Redis connections packing with hiredis and a poll loop that
+        also wakes when a job ends or this process enqueues one (a freed slot or an agent's
+        next run does not wait for the next poll)."""
+        asyncio.get_running_loop().set_exception_handler(_log_loop_error)
         if self._pool is None:
-            self._pool = await create_pool(
-                self.redis_settings,
-                job_deserializer=self.job_deserializer,
-                job_serializer=self.job_serializer,
-                default_queue_name=self.queue_name,
-                expires_extra_ms=self.expires_extra_ms,
-            )
-            await _pack_with_hiredis(self._pool)
-        await log_redis_info(self.pool, log.debug)
+            self._pool = await _until_connected("redis", self._connect)
         self.ctx.update(redis=self.pool, worker=self)
         if self.on_startup:
             await self.on_startup(self.ctx)
+        try:
+            await self._poll_until_done()
+        finally:
+            heartbeat = self.ctx.pop("heartbeat", None)
+            if heartbeat is not None:
+                heartbeat.cancel()  # a worker that stopped polling is not alive
+
+    async def _connect(self) -> ArqRedis:
+        pool = await create_pool(
+            self.redis_settings,
+            job_deserializer=self.job_deserializer,
+            job_serializer=self.job_serializer,
+            default_queue_name=self.queue_name,
+            expires_extra_ms=self.expires_extra_ms,
+            retry=0,
+        )
+        await _pack_with_hiredis(pool)
+        return pool
+
+    async def _poll_until_done(self) -> None:
         loop = asyncio.get_running_loop()
+        failures = 0
         while True:
             started = loop.time()
             self._wake.clear()
-            await self._poll_iteration()
-            if self.burst and await self._burst_done():
-                return
+            try:
+                await self._poll_iteration()
+                await self._renew_leases(started)
+                if self.burst and await self._burst_done():
+                    return
+            except Exception as exc:  # noqa: BLE001 - a worker never exits on an error
+                failures += 1
+                await self._wait_after(exc, failures)
+                continue
+            if failures:
+                failures = 0
+                log.info("worker_reconnected")
+            self._set_redis_ok(True)
             await asyncio.sleep(MIN_POLL_GAP_SECONDS)
             rest = self.poll_delay_s - (loop.time() - started)
             if rest > 0 and not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(rest):
                         await self._wake.wait()
+
+    async def _wait_after(self, exc: Exception, failures: int) -> None:
+        delay = min(RECONNECT_MIN_SECONDS * 2 ** (failures - 1), RECONNECT_MAX_SECONDS)
+        if _is_redis_down(exc):
+            self._set_redis_ok(False)
+            log.warning("worker_redis_unavailable", error_type=type(exc).__name__, retry_in=delay)
+        else:
+            log.error(
+                "worker_poll_failed",
+                error_type=type(exc).__name__,
+                where=innermost_frame(exc.__traceback__),
+                retry_in=delay,
+            )
+        await asyncio.sleep(delay)
+
+    def health(self) -> str:
+        """Whether this worker can run runs (/ready of its process): `ok`, or what it lacks."""
+        state: WorkerState | None = self.ctx.get("runs")
+        if self.main_task is not None and self.main_task.done():
+            return "stopped"
+        if state is None:
+            return "starting"
+        if not state.redis_ok:
+            return "unavailable (redis)"
+        return "ok" if state.db.available else "unavailable (database)"
+
+    def _set_redis_ok(self, ok: bool) -> None:
+        state: WorkerState | None = self.ctx.get("runs")
+        if state is not None:
+            state.redis_ok = ok
+
+    async def _renew_leases(self, now: float) -> None:
+        """Every third of a lease, push the lease of every job this worker runs."""
+        if now - self._leases_renewed < self.in_progress_timeout_s / 3 or not self.tasks:
+            return
+        self._leases_renewed = now
+        ttl_ms = int(self.in_progress_timeout_s * 1000)
+        async with self.pool.pipeline(transaction=False) as pipe:
+            for job_id in self.tasks:
+                pipe.pexpire(in_progress_key_prefix + job_id, ttl_ms)
+            await pipe.execute()
 
     async def _burst_done(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started() or not await self.pool.zcard(
@@ -393,14 +477,43 @@ async def run_worker(settings: Settings, *, burst: bool = False) -> Worker:
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("worker_crashed", error=repr(task.exception()))
+    exc = None if task.cancelled() else task.exception()
+    if exc is not None:
+        log.error(
+            "worker_crashed",
+            error_type=type(exc).__name__,
+            where=innermost_frame(exc.__traceback__),
+        )
 
 
-def _settings_class() -> type:
-    settings = get_settings()
-    configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
-    return type("WorkerSettings", (), worker_options(settings))
+def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncio's default handler prints the exception's repr (SQL, parameters) and a stack."""
+    exc = context.get("exception")
+    log.error(
+        "worker_task_error",
+        message=context.get("message"),
+        error_type=type(exc).__name__ if exc else None,
+        where=innermost_frame(exc.__traceback__) if exc else None,
+    )
+
+
+def _is_redis_down(exc: BaseException) -> bool:
+    return isinstance(exc, RedisError | OSError)
+
+
+async def _until_connected(what: str, connect: Callable[[], Awaitable[T]]) -> T:
+    """`connect()` again, with backoff, while the server cannot be reached (a worker started
+    before Redis or Postgres waits for them rather than exiting)."""
+    delay = RECONNECT_MIN_SECONDS
+    while True:
+        try:
+            return await connect()
+        except Exception as exc:
+            if not (_is_redis_down(exc) or is_connection_error(exc)):
+                raise
+            log.warning(f"worker_{what}_unavailable", error_type=type(exc).__name__, retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
 
 def main() -> None:
@@ -423,12 +536,3 @@ def _use_uvloop() -> None:
     except ImportError:
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-def __getattr__(name: str) -> Any:
-    # `arq backend.worker.WorkerSettings` reads settings when it asks, never at import.
-    if name == "WorkerSettings":
-        value = _settings_class()
-        globals()[name] = value
-        return value
-    raise AttributeError(name)

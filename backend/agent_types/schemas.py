@@ -19,26 +19,36 @@ from backend.agent_types.models import ProviderName
 from backend.core.schemas import Money, Schema, amount, examples, integer, keep, storable, text
 
 JSON_OBJECT_MAX_BYTES = 64 * 1024
+# API.md: free-form JSON nested deeper than this is a 422 (an object or array is one level).
+JSON_MAX_DEPTH = 32
 
 
 def _storable_json(value: Any) -> Any:
-    """Check every string (keys too) of a JSON value, and its size."""
-    stack = [value]
+    """Check every string (keys too) of a JSON value, its nesting and its size.
+
+    Iterative: a deep value must not exhaust the stack here, nor later where it is serialized
+    (which is what a depth beyond JSON_MAX_DEPTH would risk).
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         if isinstance(item, str):
             storable(item)
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+        elif isinstance(item, dict | list):
+            if depth > JSON_MAX_DEPTH:
+                raise ValueError(f"must not be nested deeper than {JSON_MAX_DEPTH} levels")
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
     if len(json.dumps(value)) > JSON_OBJECT_MAX_BYTES:
         raise ValueError(f"must be at most {JSON_OBJECT_MAX_BYTES} bytes of JSON")
     return value
 
 
-JSON_RULES = "any JSON object of at most 64 KiB, with no NUL in any key or string"
+# Every free-form JSON field of a request (run metadata, agent memory, agent type config).
+JSON_RULES = (
+    f"any JSON object of at most 64 KiB, nested at most {JSON_MAX_DEPTH} levels, "
+    "with no NUL in any key or string"
+)
 JsonObject = Annotated[
     dict[str, Any], AfterValidator(_storable_json), Field(description=f"A{JSON_RULES[1:]}")
 ]

@@ -22,6 +22,7 @@ from backend.audit import service as audit
 from backend.core.db import utcnow
 from backend.core.errors import Conflict, NotFound, ValidationFailed
 from backend.core.schemas import PageParams
+from backend.projects import service as projects_service
 from backend.projects.dependencies import ProjectContext
 from backend.runs import service as runs_service
 from backend.runs.models import Run
@@ -114,6 +115,7 @@ async def list_agents(
 async def spawn(session: AsyncSession, ctx: ProjectContext, data: AgentCreate) -> dict[str, Any]:
     if data.project_id is not None and data.project_id != ctx.project.id:
         raise ValidationFailed("project_id must match the project in the path", field="project_id")
+    await projects_service.lock_for_spawn(session, ctx.project.id)
     # Share-locked until commit: a concurrent delete or deactivation of the type waits for us.
     agent_type = await agent_types_service.lock_for_spawn(session, data.agent_type_id)
     agent = Agent(
@@ -148,10 +150,10 @@ async def _move(
     reason: str,
     only_from: set[AgentStatus] | None = None,
     **values: Any,
-) -> Agent:
+) -> state.Moved:
     if to == AgentStatus.terminated:
         values |= _terminal_values()
-    agent = await state.transition(
+    moved = await state.transition(
         session,
         agent_id,
         to,
@@ -167,7 +169,7 @@ async def _move(
         await runs_service.on_agent_resumed(session, agent_id)
     elif to == AgentStatus.terminated:
         await runs_service.cancel_live_runs(session, "agent terminated", agent_id=agent_id)
-    return agent
+    return moved
 
 
 async def update(
@@ -229,7 +231,7 @@ async def resume(session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID
 
 async def terminate(
     session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID, *, reason: str | None = None
-) -> Agent:
+) -> state.Moved:
     """Terminate an agent: terminated_at set, session and current task cleared."""
     agent = await _move(
         session, ctx, agent_id, AgentStatus.terminated, reason=reason or "terminate"
@@ -240,10 +242,10 @@ async def terminate(
 
 async def terminate_all(session: AsyncSession, ctx: ProjectContext, *, reason: str) -> None:
     """Terminate every live agent of the project in one statement (project deletion)."""
-    ids = await state.transition_all(
+    ids = await state.transition_project(
         session,
+        ctx.project.id,
         AgentStatus.terminated,
-        project_id=ctx.project.id,
         reason=reason,
         **_actor(ctx),
         **_terminal_values(),

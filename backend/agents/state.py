@@ -1,26 +1,30 @@
 """The agent state machine: the only writer of `agents.status`.
 
-A transition is one conditional UPDATE (guarded by the allowed source statuses,
-locking the row so concurrent requests serialize) plus one history row in the
-same transaction. Zero rows back means the transition is not allowed from the
-current status (409) or the agent does not exist in that project (404).
-No read-then-write: two racing requests can never both win from one status.
-`transition_all` does the same for every agent of a project in one statement, and
-`transition_ctes` the same as CTEs inside a caller's statement (the worker's fused claim and
-conclusion of a run: see backend/runs/pipeline.py).
+A transition is one conditional UPDATE (guarded by the allowed source statuses, the rows
+locked so concurrent requests serialize) plus one history row per agent moved, in the same
+statement. Nothing moved means the transition is not allowed from the current status (409) or
+the agent does not exist in that project (404). No read-then-write: two racing requests can
+never both win from one status.
+
+One implementation, `transition_ctes` (SQL), for every caller: the API's `transition` (one
+agent) and `transition_project` (every agent of a project) execute it through their session;
+the worker's fused claims and conclusions of runs embed it (backend/runs/pipeline.py).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import DateTime, String, func, insert, literal, select, update
+from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import TextClause
 
-from backend.agents.models import Agent, AgentEvent, AgentStatus
+from backend.agents.models import Agent, AgentStatus
 from backend.core.db import utcnow
 from backend.core.errors import InvalidTransition, NotFound
 
@@ -43,6 +47,82 @@ def is_allowed(frm: AgentStatus | str, to: AgentStatus | str) -> bool:
     return AgentStatus(to) in TRANSITIONS[AgentStatus(frm)]
 
 
+def transition_ctes(
+    to: AgentStatus,
+    *,
+    agents: str,
+    only_from: Iterable[AgentStatus] | None = None,
+    when: str = "true",
+    values: dict[str, str] | None = None,
+    counters: str = "",
+    touch_when: str = "false",
+    run_id: str = "NULL",
+    reason: str = "NULL",
+    actor_user_id: str = "NULL",
+    actor_api_key_id: str = "NULL",
+    now: str = "now()",
+) -> str:
+    """The transition of a set of agents, as CTEs of a caller's statement.
+
+    Gives `agent_old` (id, status), `agent_moved` (every column of each agent written, with
+    `from_status` and `moved`) and `agent_history` (a history row per agent moved). The rows
+    are locked FOR UPDATE in id order (their latest committed status is the one guarded). A
+    caller whose other CTEs read the agents' runs must have locked these agent rows in an
+    earlier statement of its transaction, so that its statement's snapshot follows every
+    earlier transaction of these agents.
+
+    All arguments are SQL text: `agents` a query of agent ids; `when` the caller's condition
+    for moving agent `o` (on top of the table's sources; `o.id`, `o.status` and sub-selects);
+    `values` other columns written with the status (column -> SQL); `counters` assignments to
+    `a` applied whether or not the status moves, when `touch_when` holds for `o` (e.g. usage
+    counters); `run_id` (may read `m.id`, the agent), `reason`, the actors and `now` for the
+    history rows.
+    """
+    allowed = sources(to) if only_from is None else sources(to) & set(only_from)
+    listed = ", ".join(f"'{s.value}'" for s in sorted(allowed)) or "NULL"
+    sets = [
+        f"{column} = CASE WHEN o.go THEN {sql} ELSE a.{column} END"
+        for column, sql in {
+            "status": f"'{to.value}'",
+            "updated_at": now,
+            "last_activity_at": now,
+            **(values or {}),
+        }.items()
+    ]
+    if counters:
+        sets.append(counters)
+    assignments = ",\n        ".join(sets)
+    # `go` is evaluated once per agent (the OFFSET 0 keeps the planner from inlining it).
+    return f"""
+agent_old AS (
+    SELECT a.id, a.status FROM agents a WHERE a.id IN ({agents}) ORDER BY a.id FOR UPDATE
+),
+agent_moved AS (
+    UPDATE agents a SET
+        {assignments}
+    FROM (
+        SELECT o.id, o.status, (o.status IN ({listed}) AND ({when})) AS go
+        FROM agent_old o OFFSET 0
+    ) o
+    WHERE a.id = o.id AND (o.go OR ({touch_when}))
+    RETURNING a.*, o.status AS from_status, o.go AS moved
+),
+agent_history AS (
+    INSERT INTO agent_events (id, agent_id, from_status, to_status, run_id, reason,
+        actor_user_id, actor_api_key_id, created_at)
+    SELECT gen_random_uuid(), m.id, m.from_status, '{to.value}', {run_id}, {reason},
+        {actor_user_id}, {actor_api_key_id}, {now}
+    FROM agent_moved m WHERE m.moved
+)"""
+
+
+@dataclass(frozen=True)
+class Moved:
+    id: uuid.UUID
+    name: str
+    from_status: AgentStatus
+
+
 async def transition(
     session: AsyncSession,
     agent_id: uuid.UUID,
@@ -55,159 +135,99 @@ async def transition(
     run_id: uuid.UUID | None = None,
     reason: str | None = None,
     **values: Any,
-) -> Agent:
-    """Move an agent to `to`, or raise InvalidTransition / NotFound.
-
-    `only_from` narrows the table's sources (a worker claims only idle or waiting agents).
-    `values` are other columns written by the same statement (terminated_at, …).
-    """
-    allowed = sources(to) if only_from is None else sources(to) & set(only_from)
-    scope = [Agent.id == agent_id]
-    if project_id is not None:
-        scope.append(Agent.project_id == project_id)
-    # Lock first so the guard below is evaluated against the latest committed status.
-    old = select(Agent.id, Agent.status).where(*scope).with_for_update().cte("old")
-    now = utcnow()
-    stmt = (
-        update(Agent)
-        .where(Agent.id == old.c.id, old.c.status.in_([s.value for s in allowed]))
-        .values(status=to.value, updated_at=now, last_activity_at=now, **values)
-        .returning(Agent, old.c.status)
-        .execution_options(populate_existing=True)
+) -> Moved:
+    """Move one agent to `to`, or raise NotFound (no such agent in that project) or
+    InvalidTransition. `only_from` narrows the table's sources; `values` are other columns
+    written by the same statement (terminated_at, name, ...)."""
+    scope = "id = :agent_id" + (" AND project_id = :project_id" if project_id else "")
+    rows = await _execute(
+        session,
+        to,
+        scope,
+        only_from,
+        values,
+        agent_id=agent_id,
+        project_id=project_id,
+        actor_user_id=actor_user_id,
+        actor_api_key_id=actor_api_key_id,
+        run_id=run_id,
+        reason=reason,
     )
-    row = (await session.execute(stmt)).first()
-    if row is None:
-        await _raise_why(session, scope, to)
-    agent, from_status = row
-    session.add(
-        AgentEvent(
-            agent_id=agent.id,
-            from_status=from_status,
-            to_status=to.value,
-            actor_user_id=actor_user_id,
-            actor_api_key_id=actor_api_key_id,
-            run_id=run_id,
-            reason=reason,
-        )
-    )
-    return agent
+    if not rows:
+        raise NotFound("Agent not found")
+    row = rows[agent_id]
+    if not row.moved:
+        raise InvalidTransition(f"Cannot change status from {row.status} to {to.value}")
+    return Moved(agent_id, row.name, AgentStatus(row.status))
 
 
-async def transition_all(
+async def transition_project(
     session: AsyncSession,
+    project_id: uuid.UUID,
     to: AgentStatus,
     *,
-    project_id: uuid.UUID,
     actor_user_id: uuid.UUID | None = None,
     actor_api_key_id: uuid.UUID | None = None,
     reason: str | None = None,
     **values: Any,
 ) -> list[uuid.UUID]:
-    """Move every agent of a project that may enter `to`; returns their ids.
-
-    One statement whatever the number of agents: lock, guarded UPDATE, history rows.
-    """
-    allowed = [s.value for s in sources(to)]
-    old = (
-        select(Agent.id, Agent.status)
-        .where(Agent.project_id == project_id, Agent.status.in_(allowed))
-        .with_for_update()
-        .cte("old")
+    """Move every agent of the project that may enter `to` (one statement); their ids."""
+    scope = "project_id = :project_id AND status IN ({})".format(
+        ", ".join(f"'{s.value}'" for s in sorted(sources(to)))
     )
-    now = utcnow()
-    moved = (
-        update(Agent)
-        .where(Agent.id == old.c.id, old.c.status.in_(allowed))
-        .values(status=to.value, updated_at=now, last_activity_at=now, **values)
-        .returning(Agent.id, old.c.status.label("from_status"))
-        .cte("moved")
+    rows = await _execute(
+        session,
+        to,
+        scope,
+        None,
+        values,
+        project_id=project_id,
+        actor_user_id=actor_user_id,
+        actor_api_key_id=actor_api_key_id,
+        run_id=None,
+        reason=reason,
     )
-    history = select(
-        func.gen_random_uuid(),
-        moved.c.id,
-        moved.c.from_status,
-        literal(to.value, String),
-        literal(actor_user_id, UUID(as_uuid=True)),
-        literal(actor_api_key_id, UUID(as_uuid=True)),
-        literal(reason, String),
-        literal(now, DateTime(timezone=True)),
-    )
-    stmt = (
-        insert(AgentEvent)
-        .from_select(
-            [
-                "id",
-                "agent_id",
-                "from_status",
-                "to_status",
-                "actor_user_id",
-                "actor_api_key_id",
-                "reason",
-                "created_at",
-            ],
-            history,
-        )
-        .returning(AgentEvent.agent_id)
-    )
-    return list(await session.scalars(stmt))
+    return [agent_id for agent_id, row in rows.items() if row.moved]
 
 
-async def _raise_why(session: AsyncSession, scope: list[Any], to: AgentStatus) -> None:
-    current = await session.scalar(select(Agent.status).where(*scope))
-    if current is None:
-        raise NotFound("Agent not found")
-    raise InvalidTransition(f"Cannot change status from {current} to {to.value}")
-
-
-def transition_ctes(
+async def _execute(
+    session: AsyncSession,
     to: AgentStatus,
-    *,
-    agents: str,
-    only_from: Iterable[AgentStatus] | None = None,
-    when: str = "true",
-    counters: str = "",
-    touch_when: str = "false",
-    run_id: str = "NULL",
-    reason: str = "NULL",
-    now: str = "now()",
-) -> str:
-    """The same transition as `transition`, for a set of agents, as CTEs inside a caller's
-    statement (the worker's fused claims and conclusions of runs, backend/runs/pipeline.py).
+    scope: str,
+    only_from: Iterable[AgentStatus] | None,
+    values: dict[str, Any],
+    **params: Any,
+) -> dict[uuid.UUID, Any]:
+    """transition_ctes through the session: agent id -> its row (status before, moved, name)."""
+    sources_ = None if only_from is None else frozenset(only_from)
+    stmt = _statement(to, scope, sources_, tuple(sorted(values)))
+    bound = {**params, "now": utcnow(), **{f"v_{k}": v for k, v in values.items()}}
+    result = await session.execute(stmt, bound)
+    return {row.id: row for row in result}
 
-    Gives `agent_old` (id, status), `agent_moved` (id, agent_type_id, from_status, moved) and
-    `agent_history` (a history row per agent moved). The rows are locked FOR UPDATE in id order
-    (their latest committed status is the one guarded). A caller whose other CTEs read the
-    agents' runs must have locked these agent rows in an earlier statement of its transaction,
-    so that its statement's snapshot follows every earlier transaction of these agents.
 
-    All arguments are SQL text: `agents` a query of agent ids; `when` the caller's condition
-    for moving agent `o` (on top of the table's sources; `o.id`, `o.status` and sub-selects);
-    `counters` assignments to `a` applied whether or not the status moves, when `touch_when`
-    holds for `o` (e.g. usage counters); `run_id` (may read `m.id`, the agent), `reason` and
-    `now` for the history rows.
-    """
-    allowed = sources(to) if only_from is None else sources(to) & set(only_from)
-    listed = ", ".join(f"'{s.value}'" for s in sorted(allowed)) or "NULL"
-    extra = f",\n        {counters}" if counters else ""
-    # `go` is evaluated once per agent (the OFFSET 0 keeps the planner from inlining it).
-    return f"""
-agent_old AS (
-    SELECT a.id, a.status FROM agents a WHERE a.id IN ({agents}) ORDER BY a.id FOR UPDATE
-),
-agent_moved AS (
-    UPDATE agents a SET
-        status = CASE WHEN o.go THEN '{to.value}' ELSE a.status END,
-        updated_at = CASE WHEN o.go THEN {now} ELSE a.updated_at END,
-        last_activity_at = CASE WHEN o.go THEN {now} ELSE a.last_activity_at END{extra}
-    FROM (
-        SELECT o.id, o.status, (o.status IN ({listed}) AND ({when})) AS go
-        FROM agent_old o OFFSET 0
-    ) o
-    WHERE a.id = o.id AND (o.go OR ({touch_when}))
-    RETURNING a.id, a.agent_type_id, o.status AS from_status, o.go AS moved
-),
-agent_history AS (
-    INSERT INTO agent_events (id, agent_id, from_status, to_status, run_id, reason, created_at)
-    SELECT gen_random_uuid(), m.id, m.from_status, '{to.value}', {run_id}, {reason}, {now}
-    FROM agent_moved m WHERE m.moved
-)"""
+@lru_cache(maxsize=256)
+def _statement(
+    to: AgentStatus, scope: str, only_from: frozenset[AgentStatus] | None, columns: tuple[str, ...]
+) -> TextClause:
+    ctes = transition_ctes(
+        to,
+        agents=f"SELECT id FROM agents WHERE {scope}",
+        only_from=only_from,
+        values={column: f":v_{column}" for column in columns},
+        run_id=":run_id",
+        reason=":reason",
+        actor_user_id=":actor_user_id",
+        actor_api_key_id=":actor_api_key_id",
+        now=":now",
+    )
+    sql = f"""WITH {ctes}
+SELECT o.id, o.status, coalesce(m.moved, false) AS moved, m.name
+FROM agent_old o LEFT JOIN agent_moved m ON m.id = o.id"""
+    table = Agent.__table__.c
+    ids = ("agent_id", "project_id", "run_id", "actor_user_id", "actor_api_key_id")
+    return text(sql).bindparams(
+        *(bindparam(name, type_=UUID(as_uuid=True)) for name in ids if f":{name}" in sql),
+        bindparam("now", type_=table.updated_at.type),
+        *(bindparam(f"v_{column}", type_=table[column].type) for column in columns),
+    )

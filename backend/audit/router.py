@@ -4,7 +4,7 @@ from fastapi import APIRouter
 
 from backend.audit import service
 from backend.audit.schemas import AuditEntry
-from backend.auth.dependencies import Superuser, rate_limit
+from backend.auth.dependencies import SuperuserSession, rate_limit
 from backend.core.db import Session
 from backend.core.schemas import Page, Paging, error_responses
 
@@ -19,5 +19,5 @@ router = APIRouter()
     responses=error_responses(401, 403, 422, 429),
     dependencies=[rate_limit("audit.admin", "60/minute")],
 )
-async def admin_audit_log(principal: Superuser, session: Session, paging: Paging):
+async def admin_audit_log(principal: SuperuserSession, session: Session, paging: Paging):
     return paging.build(*await service.list_entries(session, paging))

@@ -153,18 +153,11 @@ CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
 
 async def _require_user_session(principal: CurrentPrincipal) -> Principal:
     if principal.api_key is not None:
-        raise Forbidden("API keys cannot manage API keys, users or members")
-    return principal
-
-
-async def _require_superuser(principal: CurrentPrincipal) -> Principal:
-    if not principal.user.is_superuser:
-        raise Forbidden("Superuser privileges required")
+        raise Forbidden("This route needs a login: API keys cannot use it")
     return principal
 
 
 UserSession = Annotated[Principal, Depends(_require_user_session)]
-Superuser = Annotated[Principal, Depends(_require_superuser)]
 
 
 def client_ip(request: Request) -> str:
@@ -182,12 +175,12 @@ def rate_limit(name: str, default: str):
     return Depends(dependency)
 
 
-def ip_rate_limit(name: str, default: str):
-    """Per-client-IP limit for an anonymous route."""
+def ip_rate_limit(name: str, default: str, *, fail_closed: bool = False):
+    """Per-client-IP limit for an anonymous route (`fail_closed`: 503 while Redis is down)."""
 
     async def dependency(request: Request, response: Response) -> None:
         await request.app.state.limiter.enforce(
-            name, default, client_ip(request), response, request
+            name, default, client_ip(request), response, request, fail_closed=fail_closed
         )
 
     return Depends(dependency)
@@ -199,4 +192,6 @@ async def _require_superuser_session(principal: UserSession) -> Principal:
     return principal
 
 
+# Superuser routes (users, agent types, /admin/*) need a superuser's login: an API key,
+# even a superuser's, is refused (403), whatever its scopes.
 SuperuserSession = Annotated[Principal, Depends(_require_superuser_session)]

@@ -34,13 +34,15 @@ from backend.core.schemas import Page, Paging, error_responses
 
 router = APIRouter()
 _ANON = error_responses(400, 422, 429)
+# Login and register refuse (503) while their limits cannot be counted: never unlimited.
+_GUARDED = {**_ANON, **error_responses(503)}
 _AUTHED = error_responses(401, 403, 422, 429)
 
 
 async def _limit_email(request: Request, response: Response, name: str, email: str) -> None:
     # Against password guessing spread over many IPs: a budget per target email too.
     await request.app.state.limiter.enforce(
-        name, "10/minute", email.strip().lower(), response, request
+        name, "10/minute", email.strip().lower(), response, request, fail_closed=True
     )
 
 
@@ -50,8 +52,8 @@ async def _limit_email(request: Request, response: Response, name: str, email: s
     status_code=status.HTTP_201_CREATED,
     operation_id="register",
     summary="Register a new user",
-    responses={**_ANON, **error_responses(403, 409)},
-    dependencies=[ip_rate_limit("auth.register", "10/minute")],
+    responses={**_GUARDED, **error_responses(403, 409)},
+    dependencies=[ip_rate_limit("auth.register", "10/minute", fail_closed=True)],
 )
 async def register(body: RegisterIn, request: Request, response: Response, session: Session):
     if not request.app.state.settings.REGISTRATION_ENABLED:
@@ -73,8 +75,8 @@ async def _login(request: Request, response: Response, session, email: str, pass
     response_model=TokenPair,
     operation_id="login",
     summary="Log in with email and password",
-    responses={**_ANON, **error_responses(401)},
-    dependencies=[ip_rate_limit("auth.login", "30/minute")],
+    responses={**_GUARDED, **error_responses(401)},
+    dependencies=[ip_rate_limit("auth.login", "30/minute", fail_closed=True)],
 )
 async def login(body: LoginIn, request: Request, response: Response, session: Session):
     return await _login(request, response, session, body.email, body.password)
@@ -85,8 +87,8 @@ async def login(body: LoginIn, request: Request, response: Response, session: Se
     response_model=TokenPair,
     operation_id="login_form",
     summary="Log in with an OAuth2 password form (the docs' Authorize button)",
-    responses={**_ANON, **error_responses(401)},
-    dependencies=[ip_rate_limit("auth.login", "30/minute")],
+    responses={**_GUARDED, **error_responses(401)},
+    dependencies=[ip_rate_limit("auth.login", "30/minute", fail_closed=True)],
 )
 async def login_form(
     form: Annotated[LoginForm, Form()],

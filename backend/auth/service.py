@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -332,10 +333,35 @@ async def revoke_api_key(session: AsyncSession, principal: Principal, key_id: uu
 
 
 async def ensure_superuser(session: AsyncSession, email: str, password: str) -> bool:
-    """Create the first superuser if no user has that email; True when created."""
-    if await get_user_by_email(session, email) is not None:
-        return False
-    await create_user(
-        session, UserCreate(email=email, password=password, is_superuser=True, full_name="Admin")
+    """Create the first superuser if no user has that email; True when created.
+
+    Safe when several processes start at once (`agentry migrate`, every API's startup): the
+    insert does nothing on the unique email, so exactly one of them creates the user.
+    """
+    data = UserCreate(email=email, password=password, is_superuser=True, full_name="Admin")
+    if await get_user_by_email(session, data.email) is not None:
+        return False  # the usual case: no argon2 hash per startup
+    created = await session.scalar(
+        pg_insert(User)
+        .values(
+            id=uuid.uuid4(),
+            email=data.email,
+            hashed_password=await hash_password(data.password),
+            full_name=data.full_name,
+            is_superuser=True,
+            is_active=True,
+        )
+        .on_conflict_do_nothing(index_elements=[User.email])
+        .returning(User.id)
     )
-    return True
+    return created is not None
+
+
+async def ensure_first_superuser(settings: Settings, session: AsyncSession) -> bool:
+    """FIRST_SUPERUSER_EMAIL/PASSWORD's user, if both are set (committed here)."""
+    if not (settings.FIRST_SUPERUSER_EMAIL and settings.FIRST_SUPERUSER_PASSWORD):
+        return False
+    password = settings.FIRST_SUPERUSER_PASSWORD.get_secret_value()
+    created = await ensure_superuser(session, settings.FIRST_SUPERUSER_EMAIL, password)
+    await session.commit()
+    return created

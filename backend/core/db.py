@@ -12,6 +12,7 @@ API key's throttled last_used_at) is a single statement.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -191,6 +192,15 @@ def _has_pending(session: AsyncSession) -> bool:
 
 # scope="function": the commit happens after the route returns, before the response is sent.
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+def storable(text: str) -> str:
+    """Text Postgres accepts (TEXT and JSONB refuse NUL; UTF-8 has no lone surrogates): what a
+    provider wrote, with those characters replaced by U+FFFD rather than failing its run."""
+    return _UNSTORABLE.sub("\ufffd", text) if _UNSTORABLE.search(text) else text
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def check_in(column: str, values: Any) -> str:

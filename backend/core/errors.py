@@ -174,15 +174,15 @@ _UNAVAILABLE_SQLSTATES = ("08", "53", "57P01", "57P02", "57P03")
 
 
 def is_connection_error(exc: BaseException) -> bool:
+    """The database (through SQLAlchemy, or asyncpg directly) is unreachable or refusing for
+    now: try again later. Anything else is an answer."""
     if isinstance(exc, DBAPIError):
-        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-        return (
-            bool(exc.connection_invalidated)
-            or isinstance(exc.orig, OSError | ConnectionError)
-            or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
-        )
+        return bool(exc.connection_invalidated) or is_connection_error(exc.orig)
+    sqlstate = getattr(exc, "sqlstate", None) or ""
     # PoolTimeoutError: every pooled connection stayed busy for pool_timeout seconds.
-    return isinstance(exc, OSError | ConnectionError | TimeoutError | PoolTimeoutError)
+    return sqlstate.startswith(_UNAVAILABLE_SQLSTATES) or isinstance(
+        exc, OSError | ConnectionError | TimeoutError | PoolTimeoutError
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -223,6 +223,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, RecursionError):
+            # FastAPI's body parse gave up: JSON nested far deeper than any field allows.
+            return envelope(request, 422, "validation_error", "The JSON body is nested too deeply")
         code = _HTTP_CODES.get(exc.status_code) or (
             ErrorCode.internal_error if exc.status_code >= 500 else ErrorCode.bad_request
         )

@@ -1,8 +1,10 @@
 """Per-route, per-caller fixed-window rate limits in Redis (`limits`' items and keys).
 
 Counters live in Redis, so every API process shares them. While Redis is
-unreachable the limiter fails open (requests pass without rate-limit headers)
-for a short back-off, so an outage of the cache never becomes an outage of the API.
+unreachable (an error, or no reply within 0.5 s) the limiter fails open (requests pass
+without rate-limit headers) for a short back-off, so an outage of the cache never becomes an
+outage of the API. Limits enforced with `fail_closed` (login and register, against password
+guessing) refuse with 503 instead: without their counters they would be unlimited.
 
 A hit is one round trip on a pipelined connection: a script increments the window's
 counter (starting the window's expiry when it creates it, as `limits`' fixed window
@@ -22,7 +24,7 @@ from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from backend.core.errors import RateLimited
+from backend.core.errors import RateLimited, Unavailable
 from backend.core.redis_pipe import RedisPipe, RedisReplyError
 
 log = structlog.get_logger()
@@ -90,19 +92,23 @@ class RateLimiter:
             self._items[(name, default)] = cached
         return cached
 
-    async def hit(self, name: str, default: str, identity: str) -> Verdict | None:
-        """Count one request; None when limiting is off or degraded."""
-        if not self.enabled or time.monotonic() < self._down_until:
+    async def hit(
+        self, name: str, default: str, identity: str, *, fail_closed: bool = False
+    ) -> Verdict | None:
+        """Count one request; None when limiting is off or degraded (with `fail_closed`,
+        degraded raises Unavailable instead)."""
+        if not self.enabled:
             return None
+        if time.monotonic() < self._down_until:
+            return _degraded(fail_closed)
         item = self.item(name, default)
         key = f"{self.key_prefix}:{item.key_for(identity)}"
         try:
             count, ttl_ms = await self._incr(key, item.get_expiry())
         except Exception as exc:  # noqa: BLE001 - any storage failure means "degraded", by design
             self._down_until = time.monotonic() + _BACKOFF_SECONDS
-            DEGRADED.inc()
             log.warning("rate_limit_degraded", error_type=type(exc).__name__)
-            return None
+            return _degraded(fail_closed)
         reset_at = time.time() + max(ttl_ms, 0) / 1000
         return Verdict(limit=item.amount, remaining=item.amount - count, reset_at=reset_at)
 
@@ -122,8 +128,10 @@ class RateLimiter:
         identity: str,
         response: Response,
         request: Request | None = None,
+        *,
+        fail_closed: bool = False,
     ) -> None:
-        verdict = await self.hit(name, default, identity)
+        verdict = await self.hit(name, default, identity, fail_closed=fail_closed)
         if verdict is None:
             return
         headers = verdict.headers()
@@ -138,3 +146,13 @@ class RateLimiter:
 
     async def aclose(self) -> None:
         await self.redis.aclose()
+
+
+def _degraded(fail_closed: bool) -> None:
+    if fail_closed:
+        raise Unavailable(
+            "Rate limiting is unavailable, and this route is not served without it; retry later",
+            headers={"Retry-After": str(math.ceil(_BACKOFF_SECONDS))},
+        )
+    DEGRADED.inc()
+    return None

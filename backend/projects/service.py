@@ -132,9 +132,26 @@ async def update(session: AsyncSession, ctx: ProjectContext, data: ProjectUpdate
     return project
 
 
+async def lock_for_spawn(session: AsyncSession, project_id: uuid.UUID) -> None:
+    """Key-share lock the live project until commit; 404 once it is deleted.
+
+    Deletion takes the conflicting lock (FOR UPDATE) first: a spawn either commits before it
+    (and its agent is terminated with the others) or waits and then sees the project deleted.
+    """
+    found = await session.scalar(
+        select(Project.id)
+        .where(Project.id == project_id, Project.deleted_at.is_(None))
+        .with_for_update(key_share=True)
+    )
+    if found is None:
+        raise NotFound(f"Project {project_id} not found")
+
+
 async def delete(session: AsyncSession, ctx: ProjectContext) -> None:
     from backend.agents import service as agents_service  # agents depend on projects
 
+    # Waits for spawns in flight (lock_for_spawn) and makes later ones wait for this commit.
+    await session.execute(select(Project.id).where(Project.id == ctx.project.id).with_for_update())
     await agents_service.terminate_all(session, ctx, reason="project deleted")
     ctx.project.deleted_at = utcnow()
     audit.record(

@@ -7,7 +7,7 @@ headers and go through the very same authentication and project gate as every ro
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 from fastapi import Depends, Path, Query, Request, Response
 from starlette.requests import HTTPConnection
@@ -23,6 +23,28 @@ AccessTokenQuery = Annotated[
         description="Access token, for clients that cannot send headers (EventSource)",
     ),
 ]
+
+
+class Credentials(NamedTuple):
+    """What the caller presented, kept to re-check a long-lived request (backend/runs/watch)."""
+
+    token: str | None
+    api_key: str | None
+
+
+async def _header_credentials(
+    token: Annotated[str | None, Depends(oauth2)] = None,
+    api_key: Annotated[str | None, Depends(api_key_header)] = None,
+) -> Credentials:
+    return Credentials(token, api_key)
+
+
+HeaderCredentials = Annotated[Credentials, Depends(_header_credentials)]
+
+
+class StreamAccess(NamedTuple):
+    ctx: ProjectContext
+    credentials: Credentials
 
 
 async def authorize(
@@ -52,19 +74,20 @@ async def _stream_reader(
     access_token: AccessTokenQuery = None,
     token: Annotated[str | None, Depends(oauth2)] = None,
     api_key: Annotated[str | None, Depends(api_key_header)] = None,
-) -> ProjectContext:
+) -> StreamAccess:
+    credentials = Credentials(token or access_token, api_key)
     ctx = await authorize(
         request,
         session,
         project_id,
         Permission.runs_read,
-        token=token or access_token,
-        api_key=api_key,
+        token=credentials.token,
+        api_key=credentials.api_key,
     )
     await request.app.state.limiter.enforce(
         "runs.events", "60/minute", ctx.principal.identity, response, request
     )
-    return ctx
+    return StreamAccess(ctx, credentials)
 
 
-StreamReader = Annotated[ProjectContext, Depends(_stream_reader)]
+StreamReader = Annotated[StreamAccess, Depends(_stream_reader)]

@@ -28,6 +28,8 @@ from backend.runs.providers import (
     Usage,
     get_provider,
 )
+from backend.usage import service as usage
+from backend.usage.service import BudgetState
 
 log = structlog.get_logger()
 
@@ -41,8 +43,13 @@ class WorkerState:
     settings: Settings
     worker_id: str
     db: pipeline.Pipeline  # claims and conclusions
+    # The runs this worker holds, from their claim until their conclusion has committed (which
+    # may wait for Postgres): the heartbeat keeps them, so the reaper leaves them alone.
+    held: set[uuid.UUID] = field(default_factory=set)
     # run id -> the task calling its provider; the heartbeat cancels it when the run is taken away.
     active: dict[uuid.UUID, asyncio.Task[Any]] = field(default_factory=dict)
+    redis_ok: bool = True  # the last queue poll or heartbeat reached Redis
+    sweep_after: uuid.UUID | None = None  # the sweeper's place among the agents
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ class Claimed:
     models: list[str]  # the primary, then the fallbacks
     request: CompletionRequest
     pricing: dict[str, Any] | None
+    budget: BudgetState | None  # the project's budget at claim time (None: no budget)
 
 
 @dataclass(frozen=True)
@@ -84,10 +92,22 @@ async def execute(w: WorkerState, run_id: uuid.UUID, attempt: int) -> str:
     claimed = await claim(w, run_id, attempt)
     if claimed is None:
         return "skipped"  # not the agent's turn, paused, cancelled, or a stale job
-    state = Attempt(claimed, streams.RunEvents(w.dispatcher.events, run_id))
-    state.events.add(streams.STATUS, {"status": "running", "attempt": claimed.attempt})
+    w.held.add(run_id)
+    try:
+        return await _attempt(w, Attempt(claimed, streams.RunEvents(w.dispatcher.events, run_id)))
+    finally:
+        w.held.discard(run_id)
+
+
+async def _attempt(w: WorkerState, state: Attempt) -> str:
+    c = state.claimed
+    state.events.add(streams.STATUS, {"status": "running", "attempt": c.attempt})
+    if c.budget is not None and c.budget.exhausted:
+        # Queued before the limit was reached: it ends here, having consumed nothing.
+        state.error = PermanentProviderError("budget_exceeded", usage.budget_message(c.budget))
+        return await outcomes.conclude(w, state)
     task = asyncio.create_task(call_provider(w, state))
-    w.active[run_id] = task
+    w.active[c.run_id] = task
     try:
         await task
     except asyncio.CancelledError:
@@ -99,7 +119,7 @@ async def execute(w: WorkerState, run_id: uuid.UUID, attempt: int) -> str:
         await asyncio.shield(outcomes.conclude_taken(w, state))  # the heartbeat took it away
         return "taken"
     finally:
-        w.active.pop(run_id, None)
+        w.active.pop(c.run_id, None)
     return await outcomes.conclude(w, state)
 
 
@@ -134,7 +154,13 @@ def _claimed(row: Any) -> Claimed:
         models=[row["model"], *(row["fallback_models"] or [])],
         request=request,
         pricing=row["pricing"],
+        budget=None if row["cost_limit"] is None and row["token_limit"] is None else _budget(row),
     )
+
+
+def _budget(row: Any) -> BudgetState:
+    names = ("cost_limit", "token_limit", "month_cost", "month_tokens", "cost_spent")
+    return BudgetState(**{name: row[name] for name in names}, tokens_spent=row["tokens_spent"])
 
 
 async def call_provider(w: WorkerState, state: Attempt) -> None:

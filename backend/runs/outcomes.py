@@ -15,13 +15,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession
+from redis.exceptions import RedisError
 
-from backend.agents import state as agent_state
-from backend.agents.models import AgentStatus
 from backend.config import Settings
-from backend.core.errors import InvalidTransition, NotFound
-from backend.runs import dispatch, streams
+from backend.core.db import storable
+from backend.runs import streams
 from backend.runs.pipeline import Conclusion as C
 from backend.runs.schemas import RunRow
 from backend.usage import service as usage
@@ -36,7 +34,7 @@ async def conclude(w: WorkerState, state: Attempt) -> str:
     c, error = state.claimed, state.error
     if state.completion is not None:
         assert state.model is not None
-        values = {"j_output": state.completion.text, "j_model": state.model}
+        values = {"j_output": storable(state.completion.text), "j_model": state.model}
         return await _finished(w, state, await _run(w, state, C.succeeded, **values))
     assert error is not None
     if error.transient and c.attempt <= c.max_retries:
@@ -48,7 +46,7 @@ async def conclude(w: WorkerState, state: Attempt) -> str:
 
 
 def _error(error: Any) -> dict[str, str]:
-    return {"code": error.code, "message": error.message}
+    return {"code": storable(error.code), "message": storable(error.message)}
 
 
 async def _run(w: WorkerState, state: Attempt, kind: C, **values: Any) -> Any:
@@ -77,7 +75,7 @@ async def _finished(w: WorkerState, state: Attempt, run: Any) -> str:
         await _announce_usage(state, run)
         return "taken"
     if run.released and run.next_id is not None:
-        await w.dispatcher.enqueue(run.next_id, run.next_attempt)
+        await _enqueue(w, run.next_id, run.next_attempt)
     usage.observe_finished(run.status, run.started_at, run.finished_at)
     # The run's stream ends with what committed; this job need not wait for Redis (its slot
     # goes to the next run sooner): the process's Publisher sends it, flushed at shutdown.
@@ -102,8 +100,16 @@ async def _requeued(w: WorkerState, state: Attempt, run: Any, *, delay: float | 
         queued["retry_in_seconds"] = round(delay, 3)
     events = [(streams.USAGE, streams.usage_data(run))] if state.calls else []
     await state.events.close([*events, (streams.STATUS, queued)])
-    await w.dispatcher.enqueue(c.run_id, c.attempt, defer=delay)
+    await _enqueue(w, c.run_id, c.attempt, defer=delay)
     return True
+
+
+async def _enqueue(w: WorkerState, run_id: uuid.UUID, attempt: int, **kwargs: Any) -> None:
+    """After a commit: a job lost to a Redis outage is the sweeper's to re-derive."""
+    try:
+        await w.dispatcher.enqueue(run_id, attempt, **kwargs)
+    except (RedisError, OSError) as exc:
+        log.warning("run_enqueue_deferred", run_id=str(run_id), error_type=type(exc).__name__)
 
 
 def backoff(settings: Settings, attempt: int) -> float:
@@ -112,38 +118,6 @@ def backoff(settings: Settings, attempt: int) -> float:
         settings.RUN_RETRY_MAX_SECONDS, settings.RUN_RETRY_BASE_SECONDS * 2 ** (attempt - 1)
     )
     return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not security
-
-
-async def requeued(
-    session: AsyncSession,
-    run_id: uuid.UUID,
-    agent_id: uuid.UUID,
-    attempt: int,
-    *,
-    delay: float | None,
-) -> None:
-    """A run just went back to queued in this session's transaction (the reaper): its agent
-    waits for it, and its next attempt is queued after commit."""
-    try:
-        await agent_state.transition(
-            session,
-            agent_id,
-            AgentStatus.waiting,
-            only_from={AgentStatus.working},
-            run_id=run_id,
-            reason="run retrying",
-        )
-    except (InvalidTransition, NotFound):
-        pass  # paused or terminated meanwhile: resume (or nothing) takes it from here
-    queued = {"status": "queued", "attempt": attempt}
-    if delay:
-        queued["retry_in_seconds"] = round(delay, 3)
-
-    async def send(d: dispatch.Dispatcher) -> None:
-        await d.publish(run_id, [(streams.STATUS, queued)])
-        await d.enqueue(run_id, attempt, defer=delay)
-
-    dispatch.later(session, send)
 
 
 async def release(w: WorkerState, state: Attempt) -> None:

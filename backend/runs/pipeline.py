@@ -19,7 +19,7 @@ they do exactly what the session-based steps do:
 
 - claim: run queued→running (at the job's attempt, the agent's oldest queued run, none of its
   runs running), agent idle/waiting→working + history row; returns the run, its agent type
-  and the agent's conversation history.
+  and the agent's conversation history, and the project's budget state (usage.budget_sql).
 - conclude (success, failure, timeout, retry, release, account-only): the attempt's provider
   calls (each counted once: provider_calls' unique key), the run's usage sums and the hourly
   rollups (a run counted as finished only by the statement that moved it to a final status),
@@ -44,11 +44,14 @@ from typing import Any, Generic, TypeVar
 
 import asyncpg
 import structlog
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.agents import state as agent_state
 from backend.agents.models import AgentStatus
 from backend.config import Settings
+from backend.core.errors import is_connection_error
 from backend.runs import state as run_state
 from backend.runs.models import RunStatus
 from backend.usage import service as usage
@@ -63,6 +66,9 @@ T, U = TypeVar("T"), TypeVar("U")
 MAX_POOL_SIZE = 5
 MAX_BATCH = 100
 MAX_IN_FLIGHT = 2  # batches of one kind at once (a second one keeps the other core busy)
+# Backoff of a claim or conclusion while Postgres is unreachable.
+RETRY_MIN_SECONDS, RETRY_MAX_SECONDS = 0.2, 5.0
+PING_TIMEOUT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -135,7 +141,8 @@ class Batcher(Generic[T, U]):
         try:
             results = await self._run([item for item, _ in batch])
         except Exception as exc:  # noqa: BLE001 - handed to the callers
-            if len(batch) > 1:
+            # One at a time only if the batch's content may be at fault, not the connection.
+            if len(batch) > 1 and not is_connection_error(exc):
                 log.warning("pipeline_batch_failed", size=len(batch), exc_info=True)
                 for request in batch:
                     await self._deliver([request])
@@ -255,7 +262,8 @@ def _claim_sql() -> str:
 SELECT rn.id, rn.project_id, rn.agent_id, rn.attempt, rn.input, rn.timeout_seconds,
     t.provider, t.model, t.system_prompt, t.temperature, t.max_tokens, t.config,
     t.fallback_models, t.timeout_seconds AS type_timeout_seconds, t.max_retries, t.pricing,
-    h.roles, h.contents
+    h.roles, h.contents, b.cost_limit, b.token_limit, b.month_cost, b.month_tokens,
+    b.cost_spent, b.tokens_spent
 FROM run_new rn
 JOIN agent_moved am ON am.id = rn.agent_id
 JOIN agent_types t ON t.id = am.agent_type_id
@@ -267,6 +275,7 @@ LEFT JOIN LATERAL (
         WHERE c.agent_id = rn.agent_id ORDER BY c.seq DESC LIMIT :history::int
     ) m
 ) h ON true
+LEFT JOIN LATERAL {usage.budget_sql("rn.project_id", ":now::timestamptz")} b ON true
 WHERE rn.moved"""
 
 
@@ -283,15 +292,27 @@ class Conclusion(StrEnum):
     retry = "retry"  # back to queued with the error; the next attempt is deferred
     release = "release"  # back to queued as it was (the worker is stopping)
     account = "account"  # no longer this attempt's run: only its calls are counted
+    cancelled = "cancelled"  # queued or running, whoever runs it (cancel, terminate, delete)
 
 
 C = Conclusion
-_FINAL = {C.succeeded: R.succeeded, C.failed: R.failed, C.timed_out: R.timed_out}
+_FINAL = {
+    C.succeeded: R.succeeded,
+    C.failed: R.failed,
+    C.timed_out: R.timed_out,
+    C.cancelled: R.cancelled,
+}
+# j_heartbeat: the reaper's "no heartbeat since it looked" (NULL for a worker's own run).
 _CONCLUDE_JOBS = """
 job AS (
     SELECT * FROM jsonb_to_recordset(:jobs::jsonb) AS j(run_id uuid, j_worker text,
-        j_attempt int, j_provider text, j_output text, j_model text, j_error jsonb)
+        j_attempt int, j_provider text, j_output text, j_model text, j_error jsonb,
+        j_heartbeat timestamptz)
 )"""
+# Still this attempt's: running, by this worker, at this attempt (and, for the reaper, not
+# heartbeating since it looked).
+_OURS = """o.worker_id = o.j_worker AND o.attempt = o.j_attempt
+        AND (o.j_heartbeat IS NULL OR o.heartbeat_at = o.j_heartbeat)"""
 _FINISHED = """
 finished AS (
     SELECT id, project_id, agent_id, provider, model, status FROM run_new WHERE moved
@@ -325,6 +346,8 @@ def _run_values(kind: Conclusion) -> dict[str, str]:
         values = {"output": "o.j_output", "error": "NULL", "model": "o.j_model"}
     elif kind in (C.failed, C.timed_out, C.retry):
         values = {"error": "o.j_error"}
+    elif kind is C.cancelled:
+        values = {"error": "coalesce(o.j_error, r.error)", "cancel_requested_at": ":now"}
     if kind in _FINAL:
         values["finished_at"] = ":now::timestamptz"
     elif kind in (C.retry, C.release):
@@ -361,13 +384,11 @@ def _agent_ctes(kind: Conclusion) -> str:
 
 def _conclude_sql(kind: Conclusion) -> str:
     final = kind in _FINAL
+    guards = {C.account: "false", C.cancelled: "true"}
     run_old, run_new = run_state.transition_ctes(
         _FINAL.get(kind, R.queued),
-        only_from={R.running},
-        # Still this attempt's: running, by this worker, at this attempt.
-        guard="false"
-        if kind is C.account
-        else "o.worker_id = o.j_worker AND o.attempt = o.j_attempt",
+        only_from={R.queued, R.running} if kind is C.cancelled else {R.running},
+        guard=guards.get(kind, _OURS),
         values=_run_values(kind),
         counters=usage.RUN_USAGE_SET,
         joins="LEFT JOIN calls_sum s ON s.run_id = o.id",
@@ -388,6 +409,46 @@ LEFT JOIN LATERAL ({_HEAD if final else _NO_HEAD}) h ON true"""
 CONCLUDE = {kind: Statement.of(_conclude_sql(kind)) for kind in Conclusion}
 
 
+# --- the same conclusions, through a session -----------------------------------------------
+
+# SQLAlchemy's text() takes `:name` before `::type` for a cast, not a parameter.
+_SESSION_CONCLUDE = {
+    kind: text(re.sub(r"(?<![:\w]):([a-z_]+)::([a-z]+)", r"CAST(:\1 AS \2)", stmt_sql))
+    for kind, stmt_sql in ((kind, _conclude_sql(kind)) for kind in Conclusion)
+}
+
+
+async def conclude_in(
+    session: AsyncSession,
+    kind: Conclusion,
+    jobs: list[dict[str, Any]],
+    *,
+    calls: list[dict[str, Any]] | None = None,
+    now: datetime | None = None,
+) -> list[Any]:
+    """`kind` for the runs of `jobs` (run_id, agent_id, and the job columns of the kind), in
+    the caller's transaction: the API's cancels and the reaper run the worker's statement.
+    `calls`: usage.priced_calls to account with it. The rows written (from_status, moved,
+    released, next_id, next_attempt, ...)."""
+    if not jobs:
+        return []
+    agents = _ids(sorted({str(job["agent_id"]) for job in jobs}))
+    await session.execute(text(f"SELECT FROM agents WHERE id IN ({agents}) ORDER BY id FOR UPDATE"))
+    now = now or datetime.now(UTC)
+    params = {
+        "jobs": json.dumps([_job_columns(job) for job in jobs]),
+        "calls": json.dumps(calls or []),
+        "now": now,
+        "bucket": usage.hour_bucket(now),
+        "reason": f"run {kind}",
+    }
+    return list((await session.execute(_SESSION_CONCLUDE[kind], params)).all())
+
+
+def _job_columns(job: dict[str, Any]) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, uuid.UUID | datetime) else v for k, v in job.items()}
+
+
 # --- the worker's interface ----------------------------------------------------------------
 
 
@@ -396,6 +457,7 @@ class Pipeline:
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings, worker_id: str) -> None:
         self.pool, self.settings, self.worker_id = pool, settings, worker_id
+        self.available = True  # the last claim or conclusion reached the database
         self._claims: Batcher[tuple[uuid.UUID, int], Any] = Batcher(
             self._claim_batch, key=lambda job: job[0]
         )
@@ -413,8 +475,8 @@ class Pipeline:
 
     async def claim(self, run_id: uuid.UUID, attempt: int) -> Any:
         """Start attempt `attempt + 1` of the run; the claimed row, or None (not its turn,
-        agent busy or paused, run cancelled, or a stale job)."""
-        return await self._claims((run_id, attempt))
+        agent busy or paused, run cancelled, or a stale job). Waits while Postgres is down."""
+        return await self._durably("claim", run_id, lambda: self._claims((run_id, attempt)))
 
     async def conclude(
         self, kind: Conclusion, job: dict[str, Any], calls: list[dict[str, Any]]
@@ -422,8 +484,41 @@ class Pipeline:
         """`job`: run_id, j_worker, j_attempt, j_provider (+ j_output, j_model, j_error);
         `calls`: usage.priced_calls. The run after it (with `moved`, `released`, `next_id`,
         `next_attempt`), or None when nothing was written (no such run, or not ours and no
-        calls)."""
-        return await self._conclusions[kind]((job, calls))
+        calls). While Postgres is down the attempt's result and usage wait here, in memory,
+        and are committed once it is back (the heartbeat keeps the run meanwhile)."""
+        run_id = job["run_id"]
+        return await self._durably(
+            "conclude", run_id, lambda: self._conclusions[kind]((job, calls))
+        )
+
+    async def ping(self) -> None:
+        """One round trip on the pool (the heartbeat's check while no run is held)."""
+        async with self.pool.acquire(timeout=PING_TIMEOUT_SECONDS) as conn:
+            await conn.fetchval("SELECT 1", timeout=PING_TIMEOUT_SECONDS)
+
+    async def _durably(self, step: str, run_id: Any, op: Callable[[], Awaitable[T]]) -> T:
+        """`op` again and again, with backoff, while the database is unreachable; `available`
+        tells the worker's health. Any other error is raised at once."""
+        delay = RETRY_MIN_SECONDS
+        while True:
+            try:
+                result = await op()
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                self.available = False
+                log.warning(
+                    "database_unavailable",
+                    step=step,
+                    run_id=str(run_id),
+                    error_type=type(exc).__name__,
+                    retry_in=delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+                continue
+            self.available = True
+            return result
 
     async def _claim_batch(self, jobs: list[tuple[uuid.UUID, int]]) -> list[Any]:
         ids = _ids(run_id for run_id, _ in jobs)

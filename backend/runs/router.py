@@ -3,18 +3,20 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request, WebSocket, status
 from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.auth.dependencies import rate_limit
 from backend.core.db import Session, commit
 from backend.core.idempotency import IdempotencyKeyHeader, Outcome, respond, run_idempotent
 from backend.core.schemas import Page, Paging, error_responses
-from backend.projects.dependencies import RunReader, RunWriter
+from backend.projects.dependencies import Permission, ProjectContext, RunReader, RunWriter
 from backend.runs import dispatch, service, streams, websocket
-from backend.runs.dependencies import StreamReader
+from backend.runs.dependencies import HeaderCredentials, StreamReader
 from backend.runs.models import FINISHED, RunStatus
 from backend.runs.schemas import (
     EVENT_STREAM_RESPONSE,
@@ -23,6 +25,7 @@ from backend.runs.schemas import (
     RunOut,
     run_json,
 )
+from backend.runs.watch import AccessLost, Lease
 
 
 @asynccontextmanager
@@ -60,31 +63,61 @@ async def submit_run(
     ctx: RunWriter,
     session: Session,
     request: Request,
+    credentials: HeaderCredentials,
     wait: WaitQuery = None,
     idempotency_key: IdempotencyKeyHeader = None,
 ):
-    async def create() -> Outcome:
-        run = await service.submit(session, ctx, agent_id, body)
-        headers = {"Location": service.location(ctx.project.id, run.id)}
-        return Outcome(202, RunOut.model_validate(run), headers)
-
-    result = await run_idempotent(
-        session,
-        key=idempotency_key,
-        principal=ctx.principal.identity,
-        scope=f"runs.submit:{agent_id}",
-        payload=body,
-        create=create,
-    )
+    submit = Submit(agent_id, body, ctx, session, request, idempotency_key)
     if not wait:
-        return _with_limits(request, respond(result))
-    await commit(session)  # the run exists and is enqueued before we wait for it
-    run_id = result.body.id if isinstance(result, Outcome) else uuid.UUID(result.body["id"])
-    state = request.app.state
-    run = await service.wait_for(state.sessionmaker, state.redis, ctx.project.id, run_id, wait)
-    done = RunStatus(run.status) in FINISHED
-    headers = {"Location": service.location(ctx.project.id, run.id)}
-    return _with_limits(request, JSONResponse(run_json(run), 200 if done else 202, headers))
+        return await submit.answer()
+    # A slot first: a caller at the cap gets its 429 before anything is created.
+    identity = ctx.principal.identity
+    lease = Lease(request, ctx.project.id, Permission.runs_write, credentials, identity)
+    async with lease:
+        try:
+            return await submit.answer(wait, lease)
+        except AccessLost as lost:
+            # Access lost while waiting: the answer a new request would get (the run stays).
+            raise lost.error from None
+
+
+@dataclass
+class Submit:
+    agent_id: uuid.UUID
+    body: RunCreate
+    ctx: ProjectContext
+    session: AsyncSession
+    request: Request
+    idempotency_key: str | None
+
+    async def answer(self, wait: float = 0, lease: Lease | None = None) -> JSONResponse:
+        """202 with the run; with `lease`, first wait up to `wait` s for it to end (200)."""
+        ctx, session, request = self.ctx, self.session, self.request
+
+        async def create() -> Outcome:
+            run = await service.submit(session, ctx, self.agent_id, self.body)
+            headers = {"Location": service.location(ctx.project.id, run.id)}
+            return Outcome(202, RunOut.model_validate(run), headers)
+
+        result = await run_idempotent(
+            session,
+            key=self.idempotency_key,
+            principal=ctx.principal.identity,
+            scope=f"runs.submit:{self.agent_id}",
+            payload=self.body,
+            create=create,
+        )
+        if lease is None:
+            return _with_limits(request, respond(result))
+        await commit(session)  # the run exists and is enqueued before we wait for it
+        run_id = result.body.id if isinstance(result, Outcome) else uuid.UUID(result.body["id"])
+        state = request.app.state
+        run = await lease.run(
+            service.wait_for(state.sessionmaker, state.redis, ctx.project.id, run_id, wait)
+        )
+        done = RunStatus(run.status) in FINISHED
+        headers = {"Location": service.location(ctx.project.id, run.id)}
+        return _with_limits(request, JSONResponse(run_json(run), 200 if done else 202, headers))
 
 
 def _with_limits(request: Request, response: JSONResponse) -> JSONResponse:
@@ -151,24 +184,34 @@ async def cancel_run(run_id: uuid.UUID, ctx: RunWriter, session: Session):
 )
 async def stream_run_events(
     run_id: uuid.UUID,
-    ctx: StreamReader,
+    access: StreamReader,
     session: Session,
     request: Request,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
 ) -> StreamingResponse:
+    ctx = access.ctx
     await service.get(session, ctx, run_id)  # 404 before the stream starts
     state = request.app.state
+    lease = Lease(
+        request, ctx.project.id, Permission.runs_read, access.credentials, ctx.principal.identity
+    )
+    await lease.acquire()  # 429 here, before the stream starts
 
     async def events() -> AsyncIterator[str]:
-        async for event in streams.follow(
+        follow = streams.follow(
             state.redis,
             state.sessionmaker,
             ctx.project.id,
             run_id,
             last_event_id=last_event_id,
             keepalive=state.settings.SSE_KEEPALIVE_SECONDS,
-        ):
-            yield ": keep-alive\n\n" if event is None else event.sse()
+        )
+        try:
+            async with lease:
+                async for event in lease.iterate(follow):
+                    yield ": keep-alive\n\n" if event is None else event.sse()
+        except AccessLost:
+            return  # the stream just closes: an EventSource reconnecting gets the 401/403/404
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     headers.update(getattr(request.state, "rate_limit_headers", None) or {})

@@ -12,31 +12,23 @@ import uuid
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy import bindparam, exists, func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.agent_types.models import AgentType
-from backend.agents import state as agent_state
 from backend.agents.models import Agent, AgentStatus
 from backend.audit import service as audit
-from backend.core.db import utcnow
+from backend.core.db import after_commit
 from backend.core.errors import InvalidTransition, NotFound
 from backend.core.schemas import PageParams
 from backend.projects.dependencies import ProjectContext
-from backend.runs import dispatch, streams
-from backend.runs import state as run_state
+from backend.runs import dispatch, pipeline, streams
 from backend.runs.models import FINISHED, Run, RunStatus
+from backend.runs.pipeline import Conclusion
 from backend.runs.schemas import RunCreate
 from backend.usage import service as usage
 
 _LIVE = (RunStatus.queued, RunStatus.running)
-
-
-async def lock_agent(session: AsyncSession, agent_id: uuid.UUID) -> None:
-    """Take the agent row first (FOR NO KEY UPDATE: submits' key-share locks still pass)."""
-    await session.execute(
-        select(Agent.id).where(Agent.id == agent_id).with_for_update(key_share=True)
-    )
 
 
 async def submit(
@@ -137,19 +129,19 @@ async def cancel(session: AsyncSession, ctx: ProjectContext, run_id: uuid.UUID) 
     """Queued → cancelled at once; running → cancelled now, its worker stops within seconds."""
     run = await get(session, ctx, run_id)
     if RunStatus(run.status) in FINISHED:
-        return run
-    await lock_agent(session, run.agent_id)
-    now = utcnow()
-    moved = await run_state.transition_one(
-        session, run_id, RunStatus.cancelled, finished_at=now, cancel_requested_at=now
-    )
+        return _audit_cancel(session, ctx, run, run.status, changed=False)
+    job = {"run_id": run.id, "agent_id": run.agent_id}
+    [moved] = await _cancel(session, [job]) or [None]
+    await session.refresh(run)  # as committed by the statement (or by whoever ended it first)
     if moved is None:  # it finished meanwhile: answered unchanged
-        await session.refresh(run)
-        return run
-    run, was = moved
-    await finish_cancelled(session, run, was)
-    if was is RunStatus.running or run.attempt > 0:
-        await release_agent(session, run.agent_id, run.id, reason="run cancelled")
+        return _audit_cancel(session, ctx, run, run.status, changed=False)
+    return _audit_cancel(session, ctx, run, moved.from_status, changed=True)
+
+
+def _audit_cancel(
+    session: AsyncSession, ctx: ProjectContext, run: Run, from_status: str, *, changed: bool
+) -> Run:
+    """API.md: a cancel is audited also when it leaves the run as it was (already finished)."""
     audit.record(
         session,
         ctx.principal,
@@ -157,18 +149,9 @@ async def cancel(session: AsyncSession, ctx: ProjectContext, run_id: uuid.UUID) 
         project_id=ctx.project.id,
         target_type="run",
         target_id=run.id,
-        details={"from_status": was.value},
+        details={"from_status": from_status, "changed": changed},
     )
     return run
-
-
-async def finish_cancelled(session: AsyncSession, run: Run, was: RunStatus) -> None:
-    """Side effects of a run just cancelled (in its transaction): usage, worker abort, events."""
-    await usage.record_run_finished(session, run)
-    if was is RunStatus.running:
-        run_id, attempt = run.id, run.attempt - 1  # its job id carries the pre-claim count
-        dispatch.later(session, lambda d: d.abort(run_id, attempt))
-    notify_end(session, run)
 
 
 async def cancel_live_runs(
@@ -180,58 +163,58 @@ async def cancel_live_runs(
 ) -> int:
     """Cancel the queued and running runs of an agent (terminate) or a project (deletion), in
     the caller's transaction."""
-    now = utcnow()
-    moved = await run_state.transition(
-        session,
-        RunStatus.cancelled,
-        agent_id=agent_id,
-        project_id=project_id,
-        only_from=_LIVE,
-        finished_at=now,
-        cancel_requested_at=now,
-        error={"code": "cancelled", "message": reason[:300]},
-    )
-    for run, was in moved:
-        await finish_cancelled(session, run, was)
-    return len(moved)
+    where = [Run.status.in_([s.value for s in _LIVE])]
+    where += [Run.agent_id == agent_id] if agent_id else [Run.project_id == project_id]
+    error = {"code": "cancelled", "message": reason[:300]}
+    jobs = [
+        {"run_id": run_id, "agent_id": agent, "j_error": error}
+        for run_id, agent in (await session.execute(select(Run.id, Run.agent_id).where(*where)))
+    ]
+    return len(await _cancel(session, jobs))
+
+
+async def _cancel(session: AsyncSession, jobs: list[dict[str, Any]]) -> list[Any]:
+    """The worker's `cancelled` conclusion for these runs (usage counted, agent freed unless
+    paused or terminated); after commit: the running ones' jobs aborted, the freed agents'
+    next runs enqueued, the final events published. The rows it moved."""
+    rows = [row for row in await pipeline.conclude_in(session, Conclusion.cancelled, jobs)]
+    moved = [row for row in rows if row.moved]
+    if not moved:
+        return []
+    runs = {
+        run.id: run
+        for run in await session.scalars(
+            select(Run)
+            .where(Run.id.in_([row.id for row in moved]))
+            .execution_options(populate_existing=True)
+        )
+    }
+    for row in moved:
+        run = runs[row.id]
+        if row.from_status == RunStatus.running:
+            run_id, attempt = run.id, run.attempt - 1  # its job id carries the pre-claim count
+            dispatch.later(session, lambda d, r=run_id, a=attempt: d.abort(r, a))
+        if row.released and row.next_id is not None:
+            next_id, next_attempt = row.next_id, row.next_attempt
+            dispatch.later(session, lambda d, r=next_id, a=next_attempt: d.enqueue(r, a))
+        notify_end(session, run)
+        observe_end(session, run)
+    return moved
+
+
+def observe_end(session: AsyncSession, run: Run) -> None:
+    """After commit: the run's duration in the run-duration histogram."""
+    status, started_at, finished_at = run.status, run.started_at, run.finished_at
+
+    async def observe() -> None:
+        usage.observe_finished(status, started_at, finished_at)
+
+    after_commit(session, observe)
 
 
 async def on_agent_resumed(session: AsyncSession, agent_id: uuid.UUID) -> None:
     """Call in the transaction that made the agent idle (resume): its oldest queued run starts."""
     await dispatch.dispatch_head(session, agent_id)
-
-
-on_agent_idle = on_agent_resumed
-
-
-async def release_agent(
-    session: AsyncSession, agent_id: uuid.UUID, run_id: uuid.UUID, *, reason: str
-) -> bool:
-    """Agent back to idle after its run ended (unless paused/terminated meanwhile); next run."""
-    running = await session.scalar(
-        select(
-            exists().where(
-                Run.agent_id == agent_id,
-                Run.status == RunStatus.running.value,
-                Run.id != run_id,
-            )
-        )
-    )
-    if running:
-        return False
-    try:
-        await agent_state.transition(
-            session,
-            agent_id,
-            AgentStatus.idle,
-            only_from={AgentStatus.working, AgentStatus.waiting},
-            run_id=run_id,
-            reason=reason,
-        )
-    except (InvalidTransition, NotFound):
-        return False  # paused or terminated while the run ran: leave it so
-    await dispatch.dispatch_head(session, agent_id)
-    return True
 
 
 def notify_end(session: AsyncSession, run: Run) -> None:

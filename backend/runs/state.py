@@ -5,25 +5,21 @@
                cancelled, timed_out
     succeeded, failed, cancelled, timed_out: final
 
-A transition is one conditional UPDATE (the row locked, its status guarded by the allowed
+A transition is one conditional UPDATE (the rows locked, their status guarded by the allowed
 sources, plus any caller guard such as "this worker's attempt" or "the agent's oldest queued
-run") returning the rows it moved with their previous status. No read-then-write: of two
+run") returning the rows it wrote with their previous status. No read-then-write: of two
 racing transitions from one status exactly one wins, whoever asks. Side effects (usage,
-agent status, events, jobs) belong to the callers. `transition_ctes` is the same transition
-as CTEs inside a larger statement (the worker's fused claim and conclusion).
+agent status, events, jobs) belong to the callers. One implementation, `transition_ctes`,
+embedded in the statements of backend/runs/pipeline.py: a worker's claim and every kind of
+conclusion (success, failure, timeout, retry, release, cancel, reaping), which the worker
+runs on its own connections and the API and the recovery crons through their session.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable
 
-from sqlalchemy import ColumnElement, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from backend.core.db import utcnow
-from backend.runs.models import Run, RunStatus
+from backend.runs.models import RunStatus
 
 S = RunStatus
 TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
@@ -45,54 +41,6 @@ def is_allowed(frm: RunStatus | str, to: RunStatus | str) -> bool:
     return RunStatus(to) in TRANSITIONS[RunStatus(frm)]
 
 
-async def transition(
-    session: AsyncSession,
-    to: RunStatus,
-    *,
-    run_id: uuid.UUID | None = None,
-    agent_id: uuid.UUID | None = None,
-    project_id: uuid.UUID | None = None,
-    only_from: Iterable[RunStatus] | None = None,
-    guard: Sequence[ColumnElement[bool]] = (),
-    **values: Any,
-) -> list[tuple[Run, RunStatus]]:
-    """Move the runs selected by id/agent/project (and `guard`) to `to`; returns (run, from).
-
-    An empty list means nothing was allowed to move (missing, finished, or guard false).
-    `values` are other columns written by the same statement (output, finished_at, ...).
-    """
-    allowed = sources(to) if only_from is None else sources(to) & set(only_from)
-    scope: list[ColumnElement[bool]] = [Run.status.in_([s.value for s in allowed])]
-    if run_id is not None:
-        scope.append(Run.id == run_id)
-    if agent_id is not None:
-        scope.append(Run.agent_id == agent_id)
-    if project_id is not None:
-        scope.append(Run.project_id == project_id)
-    if len(scope) == 1:
-        raise ValueError("a run transition needs run_id, agent_id or project_id")
-    # Lock first (in id order, like every multi-row locker of runs: no deadlocks): the guard
-    # is then evaluated against the latest committed row.
-    old = select(Run.id, Run.status).where(*scope).order_by(Run.id).with_for_update().cte("old")
-    stmt = (
-        update(Run)
-        .where(Run.id == old.c.id, old.c.status.in_([s.value for s in allowed]), *guard)
-        .values(status=to.value, updated_at=utcnow(), **values)
-        .returning(Run, old.c.status)
-        .execution_options(populate_existing=True)
-    )
-    rows = (await session.execute(stmt)).all()
-    return [(run, RunStatus(frm)) for run, frm in rows]
-
-
-async def transition_one(
-    session: AsyncSession, run_id: uuid.UUID, to: RunStatus, **kwargs: Any
-) -> tuple[Run, RunStatus] | None:
-    """`transition` for one run: (run, from) or None when it was not allowed."""
-    moved = await transition(session, to, run_id=run_id, **kwargs)
-    return moved[0] if moved else None
-
-
 def transition_ctes(
     to: RunStatus,
     *,
@@ -109,10 +57,10 @@ def transition_ctes(
     caller's CTEs between them. The caller's CTE `job` names the runs (`run_id`) and carries
     per-run inputs (columns prefixed `j_`, so they cannot shadow a run's).
 
-    - `run_old`: the runs (id, project_id, agent_id, status, attempt, worker_id, seq, and the
-      job's columns), locked FOR UPDATE in id order (the latest committed versions are the
+    - `run_old`: the runs (id, project_id, agent_id, status, attempt, worker_id, heartbeat_at,
+      seq, and the job's columns), locked FOR UPDATE in id order (the latest committed versions are the
       ones guarded);
-    - `run_new`: the rows after the statement (every column) and `moved`. A run's status (and
+    - `run_new`: the rows after the statement (every column), `from_status` and `moved`. A run's status (and
       `values`, column -> SQL) change only when the table allows it from its current status
       and `guard` holds for the old row `o` (evaluated once; it may read `o` and sub-selects);
       `counters` (assignments on `r`) apply whenever the row is written: when it moves or
@@ -132,7 +80,8 @@ def transition_ctes(
     assignments = ",\n        ".join(sets)
     lock = """
 run_old AS (
-    SELECT r.id, r.project_id, r.agent_id, r.status, r.attempt, r.worker_id, r.seq, j.*
+    SELECT r.id, r.project_id, r.agent_id, r.status, r.attempt, r.worker_id, r.heartbeat_at,
+        r.seq, j.*
     FROM runs r JOIN job j ON j.run_id = r.id ORDER BY r.id FOR UPDATE OF r
 )"""
     change = f"""
@@ -143,6 +92,6 @@ run_new AS (
         SELECT o.*, (o.status IN ({listed}) AND ({guard})) AS go FROM run_old o OFFSET 0
     ) o {joins}
     WHERE r.id = o.id AND (o.go OR ({touch_when}))
-    RETURNING r.*, o.go AS moved
+    RETURNING r.*, o.status AS from_status, o.go AS moved
 )"""
     return lock, change

@@ -22,6 +22,7 @@ import json
 import os
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -33,13 +34,15 @@ from sqlalchemy.dialects.postgresql import distinct_on
 
 from backend.agent_types.models import AgentType
 from backend.agents.models import Agent, AgentStatus
+from backend.config import Settings
 from backend.core.db import commit, utcnow
-from backend.runs import executor, outcomes
+from backend.core.errors import is_connection_error
+from backend.core.logging import innermost_frame
+from backend.runs import dispatch, executor, pipeline, streams
 from backend.runs import service as runs_service
-from backend.runs import state as run_state
 from backend.runs.executor import WorkerState
 from backend.runs.models import Run, RunStatus
-from backend.usage import service as usage
+from backend.runs.pipeline import Conclusion
 from backend.usage.service import WORKER_KEY_PREFIX
 
 log = structlog.get_logger()
@@ -60,24 +63,81 @@ def worker_key(worker_id: str) -> str:
 
 
 async def execute_run(ctx: dict[str, Any], run_id: str, attempt: int) -> str:
-    return await executor.execute(ctx["runs"], uuid.UUID(run_id), int(attempt))
+    try:
+        return await executor.execute(ctx["runs"], uuid.UUID(run_id), int(attempt))
+    except Exception as exc:  # noqa: BLE001 - logged here, without SQL or a stack trace
+        # The run stays with this worker's heartbeat gone: the reaper retries or fails it.
+        log.error(
+            "run_job_failed",
+            run_id=run_id,
+            attempt=attempt,
+            error_type=type(exc).__name__,
+            where=innermost_frame(exc.__traceback__),
+        )
+        return "failed"
 
 
 async def heartbeat_loop(w: WorkerState) -> None:
     while True:
-        try:
-            await beat(w)
-        except Exception:  # noqa: BLE001 - a missed beat is recovered by the next one
-            log.warning("worker_heartbeat_failed", worker_id=w.worker_id, exc_info=True)
+        await beat(w)
         await asyncio.sleep(w.settings.WORKER_HEARTBEAT_SECONDS)
 
 
 async def beat(w: WorkerState) -> None:
-    info = {"pid": os.getpid(), "running": len(w.active), "at": utcnow().isoformat()}
-    ttl_ms = int(w.settings.WORKER_TTL_SECONDS * 1000)
-    await w.dispatcher.redis.set(worker_key(w.worker_id), json.dumps(info), px=ttl_ms)
-    ids = list(w.active)
+    """Keep the runs this worker holds, cancel those taken away, and say how the worker is:
+    its liveness key (Redis), and WORKER_HEALTH_FILE when set. Never raises: what fails is
+    what the health says."""
+    try:
+        await _keep_runs(w)
+    except Exception as exc:  # noqa: BLE001 - the next beat tries again
+        if is_connection_error(exc):
+            w.db.available = False
+        log.warning("worker_heartbeat_failed", part="database", error_type=type(exc).__name__)
+    else:
+        w.db.available = True
+    info = {
+        "pid": os.getpid(),
+        "running": len(w.held),
+        "redis": w.redis_ok,
+        "database": w.db.available,
+        "at": utcnow().isoformat(),
+    }
+    try:
+        ttl_ms = int(w.settings.WORKER_TTL_SECONDS * 1000)
+        await w.dispatcher.redis.set(worker_key(w.worker_id), json.dumps(info), px=ttl_ms)
+        w.redis_ok = True
+    except (RedisError, OSError) as exc:
+        w.redis_ok = False
+        log.warning("worker_heartbeat_failed", part="redis", error_type=type(exc).__name__)
+    write_health(w.settings, {**info, "redis": w.redis_ok})
+
+
+def write_health(settings: Settings, info: dict[str, Any]) -> None:
+    """The worker's own view of its health, for a container healthcheck (`agentry
+    worker-health`): healthy while it reaches both Redis and Postgres."""
+    if not settings.WORKER_HEALTH_FILE:
+        return
+    path = Path(settings.WORKER_HEALTH_FILE)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps({**info, "healthy": info["redis"] and info["database"]}))
+        tmp.replace(path)  # readers never see half a file
+    except OSError as exc:
+        log.warning("worker_health_file_failed", error_type=type(exc).__name__)
+
+
+def clear_health(settings: Settings) -> None:
+    """A worker that stops says so at once (a killed one's file goes stale)."""
+    if settings.WORKER_HEALTH_FILE:
+        Path(settings.WORKER_HEALTH_FILE).unlink(missing_ok=True)
+
+
+async def _keep_runs(w: WorkerState) -> None:
+    """One UPDATE: heartbeat_at of the runs still this worker's; the provider calls of the
+    others (cancelled, recovered elsewhere) are cancelled. Without runs, a ping."""
+    ids = sorted(w.held)
     if not ids:
+        await w.db.ping()
         return
     mine = (
         select(Run.id)
@@ -108,14 +168,18 @@ async def beat(w: WorkerState) -> None:
 
 
 async def sweep_runs(ctx: dict[str, Any]) -> int:
+    """Enqueue the head run of up to SWEEP_BATCH agents that could start one, continuing after
+    the last agent of the previous sweep (so every agent is swept, however large the backlog)."""
     w: WorkerState = ctx["runs"]
+    after = w.sweep_after
     async with w.sessionmaker() as session:
         heads = (
-            select(Run.id, Run.attempt, Run.updated_at)
+            select(Run.agent_id, Run.id, Run.attempt, Run.updated_at)
             .join(Agent, Agent.id == Run.agent_id)
             .where(
                 Run.status == RunStatus.queued.value,
                 Agent.status.in_([AgentStatus.idle.value, AgentStatus.waiting.value]),
+                *([] if after is None else [Run.agent_id > after]),
             )
             .order_by(Run.agent_id, Run.seq)
             .ext(distinct_on(Run.agent_id))
@@ -123,8 +187,9 @@ async def sweep_runs(ctx: dict[str, Any]) -> int:
         )
         rows = (await session.execute(heads)).all()
         now = await session.scalar(select(func.now()))
+    w.sweep_after = rows[-1].agent_id if len(rows) == SWEEP_BATCH else None
     enqueued = 0
-    for run_id, attempt, updated_at in rows:
+    for _, run_id, attempt, updated_at in rows:
         if updated_at > now - SWEEP_MIN_AGE:
             continue
         enqueued += await w.dispatcher.enqueue(run_id, attempt)
@@ -189,33 +254,42 @@ async def _dead_workers(w: WorkerState, worker_ids: set[str]) -> set[str]:
 
 
 async def reap_one(w: WorkerState, r: Any) -> int:
-    """Retry (back to queued, next attempt) while retries remain, else fail; free the agent."""
+    """Retry (back to queued, next attempt) while retries remain, else fail; free the agent.
+    The worker's own retry and failure conclusions, guarded by "no heartbeat since we looked"."""
     retry = r.attempt <= r.max_retries
+    job = {
+        "run_id": r.id,
+        "agent_id": r.agent_id,
+        "j_worker": r.worker_id,
+        "j_attempt": r.attempt,
+        "j_heartbeat": r.heartbeat_at.isoformat(),
+        "j_error": LOST_WORKER_ERROR,
+    }
+    kind = Conclusion.retry if retry else Conclusion.failed
     async with w.sessionmaker() as session:
-        await runs_service.lock_agent(session, r.agent_id)
-        values: dict[str, Any] = {"error": LOST_WORKER_ERROR, "worker_id": None}
-        if retry:
-            values["heartbeat_at"] = None
-        else:
-            values["finished_at"] = utcnow()
-        moved = await run_state.transition_one(
-            session,
-            r.id,
-            RunStatus.queued if retry else RunStatus.failed,
-            only_from={RunStatus.running},
-            # Only if no heartbeat arrived since we looked.
-            guard=[Run.heartbeat_at == r.heartbeat_at, Run.worker_id == r.worker_id],
-            **values,
-        )
-        if moved is None:
+        rows = await pipeline.conclude_in(session, kind, [job])
+        if not rows or not rows[0].moved:
             return 0
-        run = moved[0]
         if retry:
-            await outcomes.requeued(session, run.id, run.agent_id, run.attempt, delay=None)
+            _requeue_after_commit(session, r.id, r.attempt)
         else:
-            await usage.record_run_finished(session, run)
-            await runs_service.release_agent(session, run.agent_id, run.id, reason="worker lost")
+            run = await session.get(Run, r.id, populate_existing=True)
+            assert run is not None
+            if rows[0].released and rows[0].next_id is not None:
+                next_id, next_attempt = rows[0].next_id, rows[0].next_attempt
+                dispatch.later(session, lambda d: d.enqueue(next_id, next_attempt))
             runs_service.notify_end(session, run)
+            runs_service.observe_end(session, run)
         await commit(session)
     log.warning("run_reaped", run_id=str(r.id), worker_id=r.worker_id, retried=retry)
     return 1
+
+
+def _requeue_after_commit(session: Any, run_id: uuid.UUID, attempt: int) -> None:
+    """`queued` on the run's stream, and its next attempt's job."""
+
+    async def send(d: dispatch.Dispatcher) -> None:
+        await d.publish(run_id, [(streams.STATUS, {"status": "queued", "attempt": attempt})])
+        await d.enqueue(run_id, attempt)
+
+    dispatch.later(session, send)

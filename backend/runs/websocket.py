@@ -4,8 +4,10 @@ Authenticated by `?access_token=` or `?api_key=` through the same code path as t
 a caller who may not submit runs to the agent (RunWriter) is closed with 1008 (policy
 violation). Each `{"input": …}` message (the POST body) creates a run with the same service
 function as POST; that run's events follow as `{"event", "id", "data", "run_id"}` objects,
-ending with `end`. Credentials are checked again for every message, so a revoked key or a
-removed member stops at the next one. Bad messages answer an `error` event and keep the socket.
+ending with `end`. Credentials are checked again for every message and every
+STREAM_RECHECK_SECONDS (backend/runs/watch.py): a revoked key, a deactivated user or a removed
+member closes the socket with 1008 within seconds. A caller's open sockets count towards
+MAX_STREAMS_PER_CALLER (beyond it: closed with 1013). Bad messages answer an `error` event and keep the socket.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from backend.core.db import commit
 from backend.core.errors import AppError, RateLimited
 from backend.projects.dependencies import Permission, ProjectContext
 from backend.runs import service, streams
-from backend.runs.dependencies import authorize
+from backend.runs.dependencies import Credentials, authorize
 from backend.runs.schemas import RunCreate
+from backend.runs.watch import AccessLost, Lease
 
 log = structlog.get_logger()
 
@@ -70,7 +73,8 @@ class AgentSocket:
         except AppError as exc:
             raise _Refused(exc.message) from None
 
-    async def open(self) -> None:
+    async def open(self) -> Lease:
+        """Authorize, count the connection, check the agent; the lease to hold while open."""
         async with self.state.sessionmaker() as session:
             ctx = await self.authorize(session)
             verdict = await self.state.limiter.hit("runs.ws", "30/minute", ctx.principal.identity)
@@ -84,6 +88,9 @@ class AgentSocket:
             if found is None:
                 raise _Refused(f"Agent {self.agent_id} not found")
             await commit(session)
+        credentials = Credentials(self.token, self.api_key)
+        identity = ctx.principal.identity
+        return Lease(self.ws, self.project_id, Permission.runs_write, credentials, identity)
 
     async def loop(self) -> None:
         while True:
@@ -152,10 +159,17 @@ async def serve(
     await ws.accept()
     sock = AgentSocket(ws, project_id, agent_id, token, api_key)
     try:
-        await sock.open()
-        await sock.loop()
+        lease = await sock.open()
+        try:
+            await lease.acquire()
+        except RateLimited as exc:  # the caller's open streams are at the cap
+            raise _Refused(exc.message, code=TRY_AGAIN_LATER) from None
+        async with lease:
+            await lease.run(sock.loop())
     except _Refused as exc:
         await sock.close(str(exc), exc.code)
+    except AccessLost as lost:  # checked every STREAM_RECHECK_SECONDS, even while idle
+        await sock.close(lost.error.message, POLICY_VIOLATION)
     except WebSocketDisconnect:
         pass
     finally:

@@ -28,7 +28,7 @@ from backend.core.db import utcnow
 from backend.projects.models import Project
 from backend.runs.models import Run, RunStatus
 from backend.usage.models import UsageRollup as R
-from backend.usage.service import WORKER_KEY_PREFIX, month_usage
+from backend.usage.service import WORKER_KEY_PREFIX, budget_state
 
 Granularity = Literal["hour", "day"]
 STATUSES = ("succeeded", "failed", "cancelled", "timed_out")
@@ -125,19 +125,15 @@ async def _grouped(
 
 
 async def _budget(session: AsyncSession, project: Project, now: datetime) -> dict[str, Any] | None:
-    cost_limit, token_limit = project.monthly_cost_limit_usd, project.monthly_token_limit
-    if cost_limit is None and token_limit is None:
+    state = await budget_state(session, project.id, now=now)
+    if state is None:
         return None
-    cost, tokens = await month_usage(session, project.id, now=now)
-    exhausted = (cost_limit is not None and cost >= cost_limit) or (
-        token_limit is not None and tokens >= token_limit
-    )
     return {
-        "monthly_cost_limit_usd": cost_limit,
-        "monthly_token_limit": token_limit,
-        "month_cost_usd": cost,
-        "month_tokens": tokens,
-        "exhausted": exhausted,
+        "monthly_cost_limit_usd": state.cost_limit,
+        "monthly_token_limit": state.token_limit,
+        "month_cost_usd": state.month_cost,
+        "month_tokens": state.month_tokens,
+        "exhausted": state.exhausted,
     }
 
 

@@ -15,8 +15,8 @@ class UsageRollup(Base):
     """Hourly usage per (project, agent, provider, model), upserted in the run's transactions.
 
     Project metrics read only this table, so their cost does not grow with the number of runs.
-    Tokens, cost and ``calls`` grow per provider call (record_call); ``runs`` and the status
-    counters grow once per run, keyed by its final model (record_run_finished).
+    Tokens, cost and ``calls`` grow per provider call; ``runs`` and the status counters grow
+    once per run, keyed by its final model (backend/usage/service.py's fragments).
     """
 
     __tablename__ = "usage_rollups"
@@ -44,7 +44,7 @@ class UsageRollup(Base):
 # Indexes on the runs domain's tables that only the usage domain's queries need; declared here
 # so backend/runs/models.py stays the runs team's.
 
-# record_call is idempotent per (run, attempt, provider, model): a duplicate is not counted twice.
+# A call is recorded once per (run, attempt, provider, model): a duplicate is not counted twice.
 Index(
     "uq_provider_calls_run_attempt_model",
     ProviderCall.run_id,

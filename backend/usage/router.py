@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from backend.auth.dependencies import Superuser, rate_limit
+from backend.auth.dependencies import SuperuserSession, rate_limit
 from backend.core.db import Session
 from backend.core.schemas import error_responses
 from backend.projects.dependencies import MetricsReader
@@ -45,6 +45,6 @@ async def project_metrics(
     responses=error_responses(401, 403, 422, 429),
     dependencies=[rate_limit("metrics.admin", "30/minute")],
 )
-async def admin_metrics(principal: Superuser, session: Session, request: Request):
+async def admin_metrics(principal: SuperuserSession, session: Session, request: Request):
     state = request.app.state
     return await metrics.admin_metrics(session, state.redis, state.settings.QUEUE_NAME)

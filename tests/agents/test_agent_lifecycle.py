@@ -7,6 +7,7 @@ import pytest
 from backend.agents.models import AgentStatus
 from backend.agents.state import TRANSITIONS, is_allowed
 from tests.agents.conftest import PATH_FROM_IDLE
+from tests.support.writers import status_writers
 
 S = AgentStatus
 # The table of API.md, written out independently of state.TRANSITIONS.
@@ -95,3 +96,8 @@ async def test_action_endpoints_obey_the_table(client, auth, agents, action):
             assert body["session_id"] is None
             assert body["current_task"] is None
         await _check(agents, agent, r, frm, to, allowed)
+
+
+def test_nothing_else_writes_agent_status() -> None:
+    """Only backend/agents/state.py writes agents.status; every other file calls or embeds it."""
+    assert set(status_writers("agents", "Agent")) <= {"agents/state.py"}

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import time
 
+from sqlalchemy import func, select
+
+from backend.auth.models import User
 from tests.conftest import make_settings
 from tests.support.apps import closed_port_url, running_app
 
@@ -150,3 +153,37 @@ async def test_redis_down_fails_open(settings, client, auth):
             assert "x-ratelimit-limit" not in r.headers
         r = await c.post(f"{API}/projects", json={"name": "During outage"}, headers=actor.headers)
         assert r.status_code == 201, r.text
+
+
+async def assert_guessing_routes_refuse(c) -> None:
+    """Login (both forms) and register answer 503 rather than run without their limits."""
+    answers = [
+        await login(c, "victim@example.com"),
+        await c.post(f"{API}/auth/token", data={"username": "victim@ex.io", "password": "p"}),
+        await c.post(f"{API}/auth/register", json={"email": "n@ex.io", "password": "long-enough"}),
+    ]
+    for r in answers:
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "unavailable"
+        assert r.headers["retry-after"] == "5"
+
+
+async def test_redis_down_login_and_register_fail_closed(settings, client, auth):
+    actor = await auth.user()
+    config = make_settings(settings.DATABASE_URL, closed_port_url())
+    async with running_app(config) as (_, c):
+        await assert_guessing_routes_refuse(c)
+        assert (await c.get(ME, headers=actor.headers)).status_code == 200  # others: open
+        await assert_guessing_routes_refuse(c)  # also inside the back-off window
+
+
+async def test_degraded_window_login_and_register_fail_closed(settings, client, auth, db):
+    actor = await auth.user()
+    async with running_app(settings) as (app, c):
+        # Redis answers, but this process is in its back-off after a slow or failed reply.
+        app.state.limiter._down_until = time.monotonic() + 60
+        await assert_guessing_routes_refuse(c)
+        r = await c.get(ME, headers=actor.headers)
+        assert r.status_code == 200
+        assert "x-ratelimit-limit" not in r.headers
+    assert await db.scalar(select(func.count()).select_from(User)) == 1  # nobody registered

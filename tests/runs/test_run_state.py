@@ -1,20 +1,22 @@
-"""The run state machine: every (from, to) pair, guards, and a race with one winner."""
+"""The run state machine, through the statements production runs (backend/runs/pipeline.py):
+every (from, to) pair, guards, a race with one winner, and no other writer of runs.status."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import uuid
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.core.db import create_sessionmaker
-from backend.runs import state
+from backend.runs import pipeline, state
 from backend.runs.models import Run, RunStatus
+from backend.runs.pipeline import Conclusion as C
 from tests.runs.conftest import World
+from tests.support.writers import status_writers
 
 S = RunStatus
 ALLOWED = {
@@ -26,6 +28,16 @@ ALLOWED = {
     (S.running, S.cancelled),
     (S.running, S.timed_out),
 }
+WORKER = "test:1:w"
+# Every kind of conclusion, and where it takes a run.
+KINDS = {
+    C.succeeded: S.succeeded,
+    C.failed: S.failed,
+    C.timed_out: S.timed_out,
+    C.retry: S.queued,
+    C.release: S.queued,
+    C.cancelled: S.cancelled,
+}
 
 
 async def _run_in(world: World, status: RunStatus, agent_id: uuid.UUID | None = None) -> Run:
@@ -36,6 +48,8 @@ async def _run_in(world: World, status: RunStatus, agent_id: uuid.UUID | None = 
         input="x",
         provider="fake",
         model="fake-echo",
+        attempt=1,
+        worker_id=WORKER,
         status=status.value,  # test setup only: the row is born in this status
     )
     world.db.add(run)
@@ -43,80 +57,87 @@ async def _run_in(world: World, status: RunStatus, agent_id: uuid.UUID | None = 
     return run
 
 
-async def test_every_pair(world: World) -> None:
+def _job(run: Run, kind: C, **extra: object) -> dict:
+    job = {"run_id": run.id, "agent_id": run.agent_id, "j_worker": WORKER, "j_attempt": 1}
+    job |= {"j_provider": "fake", "j_output": "out", "j_model": "fake-echo"}
+    job |= {"j_error": {"code": "x", "message": "y"}} if kind is not C.succeeded else {}
+    return job | extra
+
+
+async def _status(world: World, run: Run) -> str | None:
+    return await world.db.scalar(
+        select(Run.status).where(Run.id == run.id).execution_options(populate_existing=True)
+    )
+
+
+async def test_every_pair_of_every_conclusion(world: World) -> None:
     agent = await world.agent()
-    for frm, to in itertools.product(S, S):
+    for frm, (kind, to) in itertools.product(S, KINDS.items()):
         run = await _run_in(world, frm, agent.id)
-        moved = await state.transition_one(world.db, run.id, to)
+        rows = await pipeline.conclude_in(world.db, kind, [_job(run, kind)])
         await world.db.commit()
         allowed = (frm, to) in ALLOWED
         assert state.is_allowed(frm, to) is allowed
-        assert (moved is not None) is allowed, (frm, to)
-        if moved is not None:
-            assert (moved[0].status, moved[1]) == (to.value, frm)
-        current = await world.db.scalar(
-            select(Run.status).where(Run.id == run.id).execution_options(populate_existing=True)
-        )
-        assert current == (to.value if allowed else frm.value), (frm, to)
+        assert [(r.from_status, r.moved) for r in rows if r.moved] == (
+            [(frm.value, True)] if allowed else []
+        ), (frm, kind)
+        assert await _status(world, run) == (to.value if allowed else frm.value), (frm, kind)
 
 
-async def test_a_guard_that_does_not_hold_moves_nothing(world: World) -> None:
+async def test_every_pair_of_the_claim(world: World, settings) -> None:
+    """queued -> running is the claim's only move (and only for the agent's oldest run)."""
+    db = await pipeline.Pipeline.connect(settings, WORKER)
+    try:
+        for frm in S:
+            run = await _run_in(world, frm)
+            await world.db.execute(Run.__table__.update().where(Run.id == run.id).values(attempt=0))
+            await world.db.commit()
+            claimed = await db.claim(run.id, 0)
+            assert (claimed is not None) is ((frm, S.running) in ALLOWED), frm
+            assert await _status(world, run) == (S.running if claimed else frm).value
+    finally:
+        await db.close()
+
+
+@pytest.mark.parametrize(
+    ("job", "why"),
+    [
+        ({"j_worker": "someone-else"}, "another worker's run"),
+        ({"j_attempt": 2}, "another attempt"),
+        ({"j_heartbeat": "2000-01-01T00:00:00+00:00"}, "a heartbeat since the reaper looked"),
+    ],
+)
+async def test_a_guard_that_does_not_hold_moves_nothing(world: World, job: dict, why: str) -> None:
     run = await _run_in(world, S.running)
-    moved = await state.transition_one(
-        world.db, run.id, S.succeeded, guard=[Run.worker_id == "someone-else"]
-    )
-    assert moved is None
+    rows = await pipeline.conclude_in(world.db, C.failed, [_job(run, C.failed, **job)])
+    assert not any(row.moved for row in rows), why
+    assert await _status(world, run) == "running"
 
 
-async def test_missing_run_moves_nothing(world: World) -> None:
-    assert await state.transition_one(world.db, uuid.uuid4(), S.cancelled) is None
+async def test_a_missing_run_moves_nothing(world: World) -> None:
+    job = {"run_id": uuid.uuid4(), "agent_id": (await world.agent()).id}
+    assert await pipeline.conclude_in(world.db, C.cancelled, [job]) == []
 
 
-async def test_a_transition_needs_a_scope(world: World) -> None:
-    with pytest.raises(ValueError, match="needs run_id"):
-        await state.transition(world.db, S.cancelled)
-
-
-async def test_concurrent_transitions_from_one_status_have_one_winner(
+async def test_concurrent_conclusions_from_one_status_have_one_winner(
     world: World, engine: AsyncEngine
 ) -> None:
-    """Ten callers each move the run out of `running`: one wins, the rest see it gone.
-
-    `only_from` pins the source: without it running -> queued followed by queued ->
-    cancelled would be two legal transitions, not a lost race."""
+    """Ten callers each end the running run, by every kind of conclusion: one wins."""
     run = await _run_in(world, S.running)
     sessionmaker = create_sessionmaker(engine)
-    targets = [S.succeeded, S.failed, S.cancelled, S.queued, S.timed_out] * 2
+    kinds = [C.succeeded, C.failed, C.cancelled, C.retry, C.timed_out] * 2
 
-    async def attempt(to: RunStatus) -> bool:
+    async def attempt(kind: C) -> bool:
         async with sessionmaker() as session:
-            moved = await state.transition_one(session, run.id, to, only_from=[S.running])
-            await asyncio.sleep(0.05)  # hold the row lock a little: the others must wait
+            rows = await pipeline.conclude_in(session, kind, [_job(run, kind)])
+            await asyncio.sleep(0.05)  # hold the row locks a little: the others must wait
             await session.commit()
-            return moved is not None
+            return any(row.moved and row.from_status == "running" for row in rows)
 
-    results = await asyncio.gather(*(attempt(t) for t in targets))
+    results = await asyncio.gather(*(attempt(k) for k in kinds))
     assert sum(results) == 1
 
 
-async def test_a_retry_then_a_cancel_are_two_legal_moves(world: World) -> None:
-    """Without `only_from`, queued is a source again once a retry put the run back."""
-    run = await _run_in(world, S.running)
-    assert await state.transition_one(world.db, run.id, S.queued) is not None
-    moved = await state.transition_one(world.db, run.id, S.cancelled)
-    assert moved is not None
-    assert moved[1] == S.queued
-    assert await state.transition_one(world.db, run.id, S.cancelled, only_from=[S.running]) is None
-
-
 def test_nothing_else_writes_run_status() -> None:
-    """Only backend/runs/state.py issues UPDATEs of runs.status (the style's grep test)."""
-    root = Path(__file__).resolve().parents[2] / "backend"
-    offenders = []
-    for path in root.rglob("*.py"):
-        if path.name == "state.py" and path.parent.name == "runs":
-            continue
-        text = path.read_text()
-        if "update(Run)" in text and "status=" in text.split("update(Run)", 1)[1][:400]:
-            offenders.append(str(path))
-    assert offenders == []
+    """Only backend/runs/state.py writes runs.status; every other file embeds its transition."""
+    assert set(status_writers("runs", "Run")) <= {"runs/state.py"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from backend.agents.models import AgentEvent
@@ -11,8 +12,14 @@ from backend.runs.models import ConversationMessage, ProviderCall
 from tests.runs.conftest import World, eventually
 
 
+def _ended(status: str) -> float:
+    """Runs that ended with `status` in this process's run-duration histogram."""
+    return REGISTRY.get_sample_value("agentry_run_duration_seconds_count", {"status": status}) or 0
+
+
 async def test_one_run_end_to_end(world: World, worker) -> None:
     agent = await world.agent(chunks=3)
+    ended = _ended("succeeded")
     submitted = await world.submit(agent, "hi there", metadata={"ticket": 7})
     assert submitted["status"] == "queued"
     assert submitted["attempt"] == 0
@@ -42,6 +49,7 @@ async def test_one_run_end_to_end(world: World, worker) -> None:
         )
     ).all()
     assert messages == [("user", "hi there"), ("assistant", "echo: hi there")]
+    assert _ended("succeeded") == ended + 1
 
 
 async def test_five_rapid_runs_start_in_order_one_at_a_time(world: World, worker) -> None:
@@ -119,6 +127,7 @@ async def test_pause_during_a_run_lets_it_finish_and_holds_the_next(world: World
 
 async def test_terminate_cancels_queued_and_running_runs(world: World, worker) -> None:
     agent = await world.agent(latency_ms=5000)
+    ended = _ended("cancelled")
     running = await world.submit(agent, "long")
     queued = await world.submit(agent, "next")
     await eventually(lambda: _status_is(world, running["id"], "running"))
@@ -133,6 +142,7 @@ async def test_terminate_cancels_queued_and_running_runs(world: World, worker) -
     await eventually(lambda: _no_active(worker), timeout=3)
     assert (await world.agent_row(agent)).status == "terminated"
     assert (await world.run(running["id"]))["status"] == "cancelled"
+    assert _ended("cancelled") == ended + 1  # the queued one never started: no duration
 
 
 async def test_transient_failures_below_max_retries_succeed_on_the_right_attempt(

@@ -57,7 +57,7 @@ def _spawn_worker_process(settings: Settings, log: Path) -> subprocess.Popen:
     }
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "arq", "backend.worker.WorkerSettings"],
+            [sys.executable, "-m", "backend.cli", "worker"],
             cwd=ROOT,
             env=env,
             stdout=out,

@@ -1,5 +1,6 @@
-"""Usage tests: projects, agents and runs inserted through the ORM; the runs domain's
-finishing step imitated with a conditional UPDATE, as the worker does it."""
+"""Usage tests: projects, agents and runs inserted through the ORM; calls and finished runs
+accounted by the statements production runs (backend/runs/pipeline.py's conclusions, through
+the test's session), at the times the tests choose."""
 
 from __future__ import annotations
 
@@ -7,19 +8,21 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm.attributes import set_committed_value
 
 from backend.agent_types.models import AgentType
 from backend.agents.models import Agent
 from backend.core.db import create_engine, create_sessionmaker
 from backend.projects.models import Project
-from backend.runs.models import Run, RunStatus
+from backend.runs import pipeline
+from backend.runs.models import ProviderCall, Run, RunStatus
+from backend.runs.pipeline import Conclusion
+from backend.runs.providers.base import Usage
 from backend.usage import service
 from tests.support.auth import Actor, Auth
 
@@ -76,6 +79,56 @@ class World:
         await self.db.refresh(self.project)
 
 
+WORKER = "usage-test:1:w"
+
+
+async def record_call(
+    session: AsyncSession,
+    run: Run,
+    *,
+    attempt: int,
+    provider: str,
+    model: str,
+    usage: Usage,
+    succeeded: bool,
+    error: dict | None = None,
+    pricing_override: dict | None = None,
+    at: datetime | None = None,
+) -> ProviderCall:
+    """One finished provider call, accounted as a worker accounts it (the `account`
+    conclusion: the call, the run's and agent's sums, the rollup), in the caller's
+    transaction. The call's row (the first one, if it was already recorded)."""
+    at = at or datetime.now(UTC)
+    calls = service.priced_calls(
+        run.id,
+        provider,
+        [(model, usage, succeeded, error)],
+        pricing_override=pricing_override,
+        at=at,
+    )
+    job = {"run_id": run.id, "agent_id": run.agent_id, "j_attempt": attempt, "j_provider": provider}
+    await pipeline.conclude_in(session, Conclusion.account, [job], calls=calls, now=at)
+    await session.refresh(run)  # the caller's Run shows the new sums
+    call = await session.scalar(
+        select(ProviderCall).where(
+            ProviderCall.run_id == run.id,
+            ProviderCall.attempt == attempt,
+            ProviderCall.provider == provider,
+            ProviderCall.model == model,
+        )
+    )
+    assert call is not None
+    return call
+
+
+_KINDS = {
+    RunStatus.succeeded: Conclusion.succeeded,
+    RunStatus.failed: Conclusion.failed,
+    RunStatus.timed_out: Conclusion.timed_out,
+    RunStatus.cancelled: Conclusion.cancelled,
+}
+
+
 async def finish(
     session: AsyncSession,
     run: Run,
@@ -85,23 +138,21 @@ async def finish(
     started_at: datetime | None = None,
     model: str | None = None,
 ) -> None:
-    """The runs domain's terminal transition plus the usage hook, in the caller's transaction."""
-    values = {"status": status, "finished_at": at, "started_at": started_at or at}
-    if model is not None:
-        values["model"] = model
-    moved = (
-        await session.execute(
-            update(Run)
-            .where(Run.id == run.id, Run.status.in_([RunStatus.queued, RunStatus.running]))
-            .values(**values)
-            .returning(Run.id)
-            .execution_options(synchronize_session=False)
-        )
-    ).first()
-    assert moved is not None
-    for key, value in values.items():
-        set_committed_value(run, key, value)
-    await service.record_run_finished(session, run)
+    """The run ends as a worker ends it (its conclusion counts it once, by its final model),
+    in the caller's transaction. Test setup: the run is first put in the hands of a worker,
+    running since `started_at`."""
+    await session.execute(
+        update(Run)
+        .where(Run.id == run.id)
+        .values(status="running", worker_id=WORKER, attempt=1, started_at=started_at or at)
+    )
+    job = {"run_id": run.id, "agent_id": run.agent_id, "j_worker": WORKER, "j_attempt": 1}
+    job |= {"j_provider": run.provider, "j_output": "done", "j_model": model or run.model}
+    if status is not RunStatus.succeeded:
+        job["j_error"] = {"code": status.value, "message": "test"}
+    [row] = await pipeline.conclude_in(session, _KINDS[status], [job], now=at)
+    assert row.moved
+    await session.refresh(run)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from backend.projects.models import Project
 from backend.runs.models import Run
 from backend.runs.providers.base import Usage
 from backend.usage import service
-from tests.usage.conftest import World, wait_for_lock_waiters
+from tests.usage.conftest import World, record_call, wait_for_lock_waiters
 
 AT = datetime(2026, 3, 14, 12, tzinfo=UTC)
 NOW = datetime(2026, 3, 20, 9, tzinfo=UTC)
@@ -25,7 +25,7 @@ MICRO = {"input_per_mtok_usd": "1", "output_per_mtok_usd": "1"}
 
 async def spend(world: World, agent: Agent, tokens: int, *, at: datetime = AT) -> None:
     run = await world.run(agent, provider="fake", model="fake-1")
-    await service.record_call(
+    await record_call(
         world.db,
         run,
         attempt=1,
@@ -86,7 +86,9 @@ async def test_cost_limit_boundary_spend_equal_is_refused_just_below_is_not(
     await spend(world, agent, 1)  # exactly $1.000000
     with pytest.raises(BudgetExceeded, match=r"monthly cost limit of \$1.000000"):
         await check(sessions, world, NOW)
-    assert await service.month_usage(world.db, world.project.id, now=NOW) == (1, 1_000_000)
+    state = await service.budget_state(world.db, world.project.id, now=NOW)
+    assert state is not None
+    assert (state.month_cost, state.month_tokens, state.cost_spent) == (1, 1_000_000, True)
 
 
 async def test_zero_limit_refuses_everything(
@@ -106,7 +108,7 @@ async def test_token_limit_counts_every_kind_of_token(
     usage = Usage(
         input_tokens=100, output_tokens=200, cache_read_tokens=300, cache_write_tokens=399
     )
-    await service.record_call(
+    await record_call(
         world.db,
         run,
         attempt=1,

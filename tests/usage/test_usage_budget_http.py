@@ -10,8 +10,7 @@ from sqlalchemy import func, select
 from backend.core.db import utcnow
 from backend.runs.models import Run
 from backend.runs.providers.base import Usage
-from backend.usage import service
-from tests.usage.conftest import World
+from tests.usage.conftest import World, record_call
 
 MICRO = {"input_per_mtok_usd": "1", "output_per_mtok_usd": "1"}  # 1 token = $0.000001
 
@@ -25,7 +24,7 @@ def runs_api(app) -> None:
 
 async def spend(world: World, agent, tokens: int) -> None:
     run = await world.run(agent, provider="fake", model="fake-1")
-    await service.record_call(
+    await record_call(
         world.db,
         run,
         attempt=1,

@@ -12,10 +12,10 @@ from backend.core.db import create_sessionmaker, utcnow
 from backend.core.idempotency import IdempotencyKey
 from backend.runs.models import Run, RunStatus
 from backend.runs.providers.base import Usage
-from backend.usage import metrics, service
+from backend.usage import metrics
 from backend.usage.models import UsageRollup
 from backend.usage.tasks import maintenance, purge_run_streams
-from tests.usage.conftest import OVERRIDE, World, finish
+from tests.usage.conftest import OVERRIDE, World, finish, record_call
 
 
 def stream(run_id) -> str:
@@ -131,7 +131,7 @@ async def test_old_hourly_rollups_merge_into_days_with_every_sum_unchanged(
         run = await world.run(agents[i % 2], provider="fake", model="fake-1")
         for model, override in (("fake-1", OVERRIDE), ("unpriced", None)):
             provider = "fake" if override else "openai"
-            await service.record_call(
+            await record_call(
                 world.db,
                 run,
                 attempt=1,

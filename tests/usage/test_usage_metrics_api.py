@@ -13,14 +13,14 @@ from backend.projects.models import Project, Role
 from backend.runs.models import Run, RunStatus
 from backend.runs.providers.base import Usage
 from backend.usage import service
-from tests.usage.conftest import OVERRIDE, World, finish
+from tests.usage.conftest import OVERRIDE, World, finish, record_call
 
 DAY1 = datetime(2026, 3, 1, tzinfo=UTC)
 
 
 async def one_run(world: World, agent, at: datetime, tokens: int, status=RunStatus.succeeded):
     run = await world.run(agent, provider="fake", model="fake-1")
-    await service.record_call(
+    await record_call(
         world.db,
         run,
         attempt=1,
@@ -152,7 +152,7 @@ async def test_budget_block_shows_this_months_spend(client, world: World) -> Non
 async def test_unknown_price_shows_as_null_and_counted(client, world: World) -> None:
     agent = await world.agent()
     run = await world.run(agent, provider="anthropic", model="claude-that-does-not-exist")
-    await service.record_call(
+    await record_call(
         world.db,
         run,
         attempt=1,
@@ -178,7 +178,7 @@ async def test_unknown_price_shows_as_null_and_counted(client, world: World) -> 
 async def test_money_is_a_json_number_with_at_most_6_decimals(client, world: World) -> None:
     agent = await world.agent()
     run = await world.run(agent, provider="fake", model="fake-1")
-    await service.record_call(
+    await record_call(
         world.db,
         run,
         attempt=1,

@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.agents.models import Agent
 from backend.runs.models import FINISHED, ProviderCall, Run, RunStatus
 from backend.runs.providers.base import Usage
-from backend.usage import metrics, service
-from tests.usage.conftest import OVERRIDE, World, finish
+from backend.usage import metrics
+from tests.usage.conftest import OVERRIDE, World, finish, record_call
 
 START = datetime(2026, 5, 31, 22, 10, tzinfo=UTC)  # spans a day (and month) boundary
 PRIMARY = ("anthropic", "claude-sonnet-4-20250514")
@@ -88,7 +88,7 @@ async def execute(sessions: async_sessionmaker[AsyncSession], run_id, p: Plan) -
     async with sessions() as session:
         run = await session.get(Run, run_id)
         for n, call in enumerate(p.calls):
-            await service.record_call(
+            await record_call(
                 session,
                 run,
                 attempt=call.attempt,

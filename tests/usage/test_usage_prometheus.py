@@ -1,4 +1,5 @@
-"""/metrics: runs by status, tokens and cost by model, queue depth, run duration histogram."""
+"""/metrics: runs by status, tokens and cost by model, queue depth, run durations (the
+histogram of runs that end is observed by the runs domain: tests/runs)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from prometheus_client import REGISTRY
 from backend.core.db import commit, utcnow
 from backend.runs.models import RunStatus
 from backend.runs.providers.base import Usage
-from backend.usage import prometheus, service
-from tests.usage.conftest import OVERRIDE, World, finish
+from backend.usage import prometheus
+from tests.usage.conftest import OVERRIDE, World, finish, record_call
 
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float | None:
@@ -22,11 +23,9 @@ async def test_prometheus_series_read_the_database_at_scrape_time(
 ) -> None:
     agent = await world.agent()
     now = utcnow()
-    duration = {"status": "succeeded"}
-    observed_before = sample("agentry_run_duration_seconds_count", duration) or 0
     for tokens in (100, 300):
         run = await world.run(agent, provider="fake", model="fake-1")
-        await service.record_call(
+        await record_call(
             world.db,
             run,
             attempt=1,
@@ -62,8 +61,6 @@ async def test_prometheus_series_read_the_database_at_scrape_time(
     assert sample("agentry_provider_calls_total", model) == 2
     assert sample("agentry_queue_depth") == 1
     assert sample("agentry_run_duration_last_hour_seconds", {"quantile": "0.5"}) == 3.0
-    assert sample("agentry_run_duration_seconds_count", duration) == observed_before + 2
-    assert "agentry_run_duration_seconds_bucket" in text
 
 
 async def test_a_failed_refresh_keeps_serving_the_last_figures(client, app) -> None:

@@ -1,4 +1,5 @@
-"""record_call / record_run_finished: exact costs, once-only counting, unknown prices."""
+"""Accounting by the conclusions production runs: exact costs, once-only counting, unknown
+prices (calls through the `account` conclusion, runs through their final one)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ from sqlalchemy import func, select
 from backend.agents.models import Agent
 from backend.runs.models import ProviderCall, Run, RunStatus
 from backend.runs.providers.base import Usage
-from backend.usage import service
 from backend.usage.models import UsageRollup
-from tests.usage.conftest import OVERRIDE, World, finish
+from tests.usage.conftest import OVERRIDE, World, finish, record_call
 
 M = Decimal(1_000_000)
 AT = datetime(2026, 3, 14, 15, 9, 26, tzinfo=UTC)
@@ -34,7 +34,7 @@ async def test_override_cost_is_tokens_times_price_on_call_run_agent_and_rollup(
     agent = await world.agent()
     run = await world.run(agent, provider="fake", model="fake-1")
     usage = Usage(input_tokens=1234, output_tokens=567, raw={"in": 1234})
-    call = await service.record_call(
+    call = await record_call(
         world.db,
         run,
         attempt=1,
@@ -71,7 +71,7 @@ async def test_anthropic_cache_tokens_priced_at_cache_rates_end_to_end(world: Wo
     )
     second = Usage(input_tokens=1000, output_tokens=500)
     for attempt, usage in ((1, first), (2, second)):
-        await service.record_call(
+        await record_call(
             world.db,
             run,
             attempt=attempt,
@@ -100,7 +100,7 @@ async def test_openai_cached_prompt_tokens_end_to_end(world: World) -> None:
     run = await world.run(agent, provider="openai", model="gpt-4o-2024-08-06")
     # OpenAI said prompt_tokens=5,000 with 3,000 cached; the adapter normalized it.
     usage = Usage(input_tokens=2000, output_tokens=400, cache_read_tokens=3000)
-    call = await service.record_call(
+    call = await record_call(
         world.db,
         run,
         attempt=1,
@@ -123,7 +123,7 @@ async def test_unknown_model_has_no_cost_is_flagged_and_counted_never_zero(world
     run = await world.run(agent, provider="openai", model="gpt-from-the-future")
     known = Usage(input_tokens=1000, output_tokens=100)
     unknown = Usage(input_tokens=70, output_tokens=30)
-    await service.record_call(
+    await record_call(
         world.db,
         run,
         attempt=1,
@@ -134,7 +134,7 @@ async def test_unknown_model_has_no_cost_is_flagged_and_counted_never_zero(world
         error={"code": "overloaded", "message": "x"},
         at=AT,
     )
-    call = await service.record_call(
+    call = await record_call(
         world.db,
         run,
         attempt=1,
@@ -165,9 +165,9 @@ async def test_duplicate_call_for_the_same_attempt_and_model_is_counted_once(
     run = await world.run(agent, provider="fake", model="fake-1")
     usage = Usage(input_tokens=10, output_tokens=5)
     kwargs = {"attempt": 1, "provider": "fake", "model": "fake-1", "usage": usage}
-    first = await service.record_call(world.db, run, succeeded=False, at=AT, **kwargs)
-    again = await service.record_call(world.db, run, succeeded=True, at=AT, **kwargs)
-    await service.record_call(world.db, run, succeeded=True, at=AT, **{**kwargs, "attempt": 2})
+    first = await record_call(world.db, run, succeeded=False, at=AT, **kwargs)
+    again = await record_call(world.db, run, succeeded=True, at=AT, **kwargs)
+    await record_call(world.db, run, succeeded=True, at=AT, **{**kwargs, "attempt": 2})
     await world.db.commit()
     assert again.id == first.id
     assert again.succeeded is False
@@ -200,21 +200,12 @@ async def test_rolled_back_call_is_not_counted_and_can_be_recorded_again(world: 
     usage = Usage(input_tokens=10, output_tokens=5)
     kwargs = {"attempt": 1, "provider": "fake", "model": "fake-1", "usage": usage}
     run_id = run.id
-    await service.record_call(world.db, run, succeeded=True, at=AT, **kwargs)
+    await record_call(world.db, run, succeeded=True, at=AT, **kwargs)
     await world.db.rollback()
     assert await world.db.scalar(select(func.count()).select_from(UsageRollup)) == 0
     run = await world.db.get(Run, run_id)
-    await service.record_call(world.db, run, succeeded=True, at=AT, **kwargs)
+    await record_call(world.db, run, succeeded=True, at=AT, **kwargs)
     await world.db.commit()
     assert run.input_tokens == 10
     [rollup] = await rollups(world)
     assert rollup.input_tokens == 10
-
-
-async def test_record_run_finished_refuses_a_live_run(world: World) -> None:
-    import pytest
-
-    agent = await world.agent()
-    run = await world.run(agent)
-    with pytest.raises(ValueError, match="not finished"):
-        await service.record_run_finished(world.db, run)
