@@ -69,6 +69,10 @@ HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string"},
     },
 }
+_RETRY_AFTER_503 = {
+    "description": "Seconds to wait (login and register while their limits cannot be counted)",
+    "schema": {"type": "integer", "minimum": 1},
+}
 _LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 # Creates whose answer names the new object in `Location`.
 LOCATED = {"create_project", "create_user", "create_agent_type", "spawn_agent", "submit_run"}
@@ -217,6 +221,8 @@ def _complete(path: str, operation: dict[str, Any]) -> None:
         names += ["WWW-Authenticate"] if status == "401" else []
         names += ["Location"] if status.startswith("2") and operation_id in LOCATED else []
         response["headers"] = {name: {"$ref": f"#/components/headers/{name}"} for name in names}
+        if status == "503":
+            response["headers"]["Retry-After"] = _RETRY_AFTER_503
     links = LINKS.get(operation_id)
     if links:
         success = next(s for s in responses if s.startswith("2"))
