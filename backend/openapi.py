@@ -125,6 +125,16 @@ LINKS: dict[str, dict[str, dict[str, str]]] = {
 }
 
 
+_CREDENTIALS = {"email": "$request.body#/email", "password": "$request.body#/password"}
+_REFRESH = {"refresh_token": "$response.body#/refresh_token"}
+# operation -> {target operation: the target's body, from this one's request or answer}
+BODY_LINKS: dict[str, dict[str, dict[str, str]]] = {
+    "register": {"login": _CREDENTIALS},
+    "login": {"refresh_tokens": _REFRESH, "logout": _REFRESH},
+    "refresh_tokens": {"refresh_tokens": _REFRESH, "logout": _REFRESH},
+}
+
+
 def install(app: FastAPI) -> None:
     """Serve the completed document at /openapi.json (built once, on first request)."""
 
@@ -223,13 +233,16 @@ def _complete(path: str, operation: dict[str, Any]) -> None:
         response["headers"] = {name: {"$ref": f"#/components/headers/{name}"} for name in names}
         if status == "503":
             response["headers"]["Retry-After"] = _RETRY_AFTER_503
-    links = LINKS.get(operation_id)
+    links = {
+        **{t: {"operationId": t, "parameters": p} for t, p in LINKS.get(operation_id, {}).items()},
+        **{
+            t: {"operationId": t, "requestBody": b}
+            for t, b in BODY_LINKS.get(operation_id, {}).items()
+        },
+    }
     if links:
         success = next(s for s in responses if s.startswith("2"))
-        responses[success]["links"] = {
-            target: {"operationId": target, "parameters": parameters}
-            for target, parameters in links.items()
-        }
+        responses[success]["links"] = links
 
 
 def websockets() -> dict[str, Any]:
