@@ -13,7 +13,7 @@ from backend.usage.router import router as usage_router
 api_router = APIRouter(prefix="/api/v1")
 # The hot routers first: FastAPI tries routes in order and every route tried before the
 # match costs CPU (~40 Python calls each). Paths of different routers never overlap, so
-# the order changes nothing else; docs list the tags in main.py's OPENAPI_TAGS order.
+# the order changes nothing else; docs list the tags in openapi.py's TAGS order.
 api_router.include_router(agents_router, tags=["agents"])
 api_router.include_router(runs_router, tags=["runs"])
 api_router.include_router(projects_router, tags=["projects"])

@@ -49,7 +49,8 @@ async def create_project(
 ):
     async def create() -> Outcome:
         project = await service.create(session, principal, body)
-        return Outcome(201, ProjectOut.model_validate(service.to_out(project, "owner")), {})
+        out = ProjectOut.model_validate(service.to_out(project, "owner"))
+        return Outcome(201, out, {"Location": f"/api/v1/projects/{project.id}"})
 
     return respond(
         await run_idempotent(

@@ -17,7 +17,7 @@ from backend.core.errors import Conflict, Forbidden, NotFound
 from backend.core.schemas import PageParams
 from backend.projects.dependencies import ProjectContext
 from backend.projects.models import Project, ProjectMember, Role
-from backend.projects.schemas import Budget, MemberAdd, ProjectCreate, ProjectUpdate
+from backend.projects.schemas import Budget, BudgetIn, MemberAdd, ProjectCreate, ProjectUpdate
 
 
 def slugify(name: str) -> str:
@@ -46,7 +46,7 @@ def to_out(project: Project, role: str | None) -> dict[str, Any]:
     }
 
 
-def _apply_budget(project: Project, budget: Budget | None) -> None:
+def _apply_budget(project: Project, budget: BudgetIn | None) -> None:
     project.monthly_cost_limit_usd = budget.monthly_cost_limit_usd if budget else None
     project.monthly_token_limit = budget.monthly_token_limit if budget else None
 

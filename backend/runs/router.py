@@ -18,7 +18,13 @@ from backend.projects.dependencies import Permission, ProjectContext, RunReader,
 from backend.runs import dispatch, service, streams, websocket
 from backend.runs.dependencies import HeaderCredentials, StreamReader
 from backend.runs.models import FINISHED, RunStatus
-from backend.runs.schemas import MAX_WAIT_SECONDS, RunCreate, RunOut, run_json
+from backend.runs.schemas import (
+    EVENT_STREAM_RESPONSE,
+    MAX_WAIT_SECONDS,
+    RunCreate,
+    RunOut,
+    run_json,
+)
 from backend.runs.watch import AccessLost, Lease
 
 
@@ -168,17 +174,7 @@ async def cancel_run(run_id: uuid.UUID, ctx: RunWriter, session: Session):
         "for EventSource, which cannot send headers."
     ),
     response_class=StreamingResponse,
-    responses={
-        **_ERR,
-        200: {
-            "description": "The run's event stream",
-            "content": {
-                "text/event-stream": {
-                    "example": 'id: 1712345678901-0\nevent: status\ndata: {"status": "queued"}\n\n'
-                }
-            },
-        },
-    },
+    responses={**_ERR, 200: EVENT_STREAM_RESPONSE},
 )
 async def stream_run_events(
     run_id: uuid.UUID,
