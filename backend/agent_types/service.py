@@ -168,6 +168,6 @@ async def lock_for_spawn(session: AsyncSession, type_id: uuid.UUID) -> AgentType
     if agent_type is None:
         raise NotFound(f"Agent type {type_id} not found")
     if not agent_type.is_active:
-        # A state the body cannot show (the schema accepts any id): a conflict, not a 422.
-        raise Conflict(f"Agent type '{agent_type.slug}' is inactive", field="agent_type_id")
+        # API.md: an inactive type is a 422 naming agent_type_id (the schema cannot state it).
+        raise ValidationFailed(f"Agent type '{agent_type.slug}' is inactive", field="agent_type_id")
     return agent_type

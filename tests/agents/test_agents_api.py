@@ -72,7 +72,7 @@ async def test_spawn_refusals(client, auth, agents):
     assert r.status_code == 422
     assert r.json()["error"]["field"] == "project_id"
     r = await spawn(agent_type_id=str(inactive.id))
-    assert r.status_code == 409
+    assert r.status_code == 422
     assert r.json()["error"]["field"] == "agent_type_id"
     r = await spawn(agent_type_id=str(uuid.uuid4()))
     assert r.status_code == 404
