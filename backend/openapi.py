@@ -163,7 +163,9 @@ def build(app: FastAPI) -> dict[str, Any]:
         components["schemas"].pop(name, None)
     components["headers"] = HEADERS
     client, server = WEBSOCKET_MESSAGES
-    models = [(model, "serialization") for model in (*RUN_EVENTS.values(), server)]
+    models: list[tuple[type[BaseModel], Any]] = [
+        (model, "serialization") for model in (*RUN_EVENTS.values(), server)
+    ]
     _add_models(components["schemas"], [*models, (client, "validation")])
     for path, item in spec["paths"].items():
         for operation in item.values():

@@ -96,7 +96,7 @@ class FakeConfig(BaseModel):
     chunks: Annotated[StrictInt, Field(ge=1, le=1000)] | None = None
 
 
-_EXAMPLE = {
+_EXAMPLE: dict[str, Any] = {
     "name": "Echo",
     "slug": "echo",
     "provider": "fake",
@@ -107,7 +107,7 @@ _EXAMPLE = {
 
 
 # `config` is free-form except for the `fake` provider, whose keys and types are known.
-_FAKE_CONFIG = {
+_FAKE_CONFIG: dict[str, Any] = {
     "if": {"properties": {"provider": {"const": "fake"}}},
     "then": {"properties": {"config": FakeConfig.model_json_schema()}},
 }

@@ -198,10 +198,10 @@ Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 async def paginate(
     session: AsyncSession,
-    query: Select,  # type: ignore[type-arg]
+    query: Select,
     paging: PageParams,
     *,
-    total: Select | None = None,  # type: ignore[type-arg]
+    total: Select | None = None,
     scalars: bool = True,
 ) -> tuple[list[Any], int]:
     """One page of `query` (ordered by the caller) and how many rows there are in all (`total`,

@@ -435,7 +435,7 @@ class EmbeddedPostgres:
                 env=env,
                 start_new_session=True,  # Ctrl-C is the parent's to handle, not the server's
                 timeout=120,
-                **as_user,  # type: ignore[arg-type]
+                **as_user,
             )
             if result.returncode != 0:
                 out.seek(0)

@@ -173,7 +173,8 @@ def is_connection_error(exc: BaseException) -> bool:
     """The database (through SQLAlchemy, or asyncpg directly) is unreachable or refusing for
     now: try again later. Anything else is an answer."""
     if isinstance(exc, DBAPIError):
-        return bool(exc.connection_invalidated) or is_connection_error(exc.orig)
+        orig = exc.orig
+        return bool(exc.connection_invalidated) or (orig is not None and is_connection_error(orig))
     sqlstate = getattr(exc, "sqlstate", None) or ""
     # PoolTimeoutError: every pooled connection stayed busy for pool_timeout seconds.
     return sqlstate.startswith(_UNAVAILABLE_SQLSTATES) or isinstance(
@@ -214,7 +215,7 @@ def install_error_handlers(app: FastAPI) -> None:
             return envelope(request, 400, "bad_request", "Malformed JSON body", details=details)
         message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
         return envelope(
-            request, 422, "validation_error", message, field=first["field"], details=details
+            request, 422, "validation_error", str(message), field=first["field"], details=details
         )
 
     @app.exception_handler(StarletteHTTPException)
@@ -230,7 +231,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:
             # Starlette names only the first matching route's methods; a path has one per method.
             headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
-        return envelope(request, exc.status_code, code, message, headers=headers)
+        return envelope(
+            request, exc.status_code, code, message, headers=dict(headers) if headers else None
+        )
 
     @app.exception_handler(IntegrityError)
     async def _integrity(request: Request, exc: IntegrityError) -> JSONResponse:
@@ -262,7 +265,7 @@ def allowed_methods(request: Request) -> list[str]:
     routes = getattr(request.app.state, "route_methods", None)
     if routes is None:
         routes = [
-            (compile_path(c.path_format)[0], c.path_format.count("{"), c.original_route.methods)
+            (compile_path(c.path_format)[0], c.path_format.count("{"), c.original_route.methods)  # type: ignore[attr-defined]
             for c in iter_route_contexts(request.app.routes)
             if c.path_format and getattr(c.original_route, "methods", None)
         ]

@@ -116,10 +116,10 @@ class RedisPipe:
                 if options.get("password"):
                     auth = [options.get("username"), options["password"]]
                     command: tuple[Any, ...] = ("AUTH", *filter(None, auth))
-                    await self._send(protocol, hiredis.pack_command(command))  # type: ignore[arg-type]
+                    await self._send(protocol, hiredis.pack_command(command))
                 if options.get("db"):
                     select_db: tuple[Any, ...] = ("SELECT", options["db"])
-                    await self._send(protocol, hiredis.pack_command(select_db))  # type: ignore[arg-type]
+                    await self._send(protocol, hiredis.pack_command(select_db))
             except BaseException:
                 protocol.close()
                 raise

@@ -4,7 +4,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request, WebSocket, status
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -110,7 +110,8 @@ class Submit:
         if lease is None:
             return respond(result)
         await commit(session)  # the run exists and is enqueued before we wait for it
-        run_id = result.body.id if isinstance(result, Outcome) else uuid.UUID(result.body["id"])
+        body: Any = result.body
+        run_id = body.id if isinstance(result, Outcome) else uuid.UUID(body["id"])
         state = request.app.state
         run = await lease.run(
             service.wait_for(state.sessionmaker, state.redis, ctx.project.id, run_id, wait)

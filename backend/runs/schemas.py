@@ -291,4 +291,5 @@ class WsEvent(BaseModel):
     run_id: uuid.UUID | None = Field(None, description="The run the event belongs to")
 
 
-WEBSOCKET_MESSAGES = (RunCreate, WsEvent)  # (what a client sends, what the server sends)
+# (what a client sends, what the server sends)
+WEBSOCKET_MESSAGES: tuple[type[BaseModel], type[BaseModel]] = (RunCreate, WsEvent)

@@ -229,5 +229,5 @@ def _refuse_network_update(*_args: object, **_kwargs: object) -> NoReturn:
 
 
 # start() (also behind `with UpdatePrices()`) launches the download thread; fetch() is the download.
-UpdatePrices.start = _refuse_network_update  # type: ignore[method-assign,assignment]
-UpdatePrices.fetch = _refuse_network_update  # type: ignore[method-assign,assignment]
+UpdatePrices.start = _refuse_network_update  # type: ignore[method-assign]
+UpdatePrices.fetch = _refuse_network_update  # type: ignore[method-assign]

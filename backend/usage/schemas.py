@@ -96,7 +96,7 @@ class Window(BaseModel):
 
 
 _USAGE_EXAMPLE = {"runs": 3, "total_tokens": 5400, "cost_usd": 0.0342, "cost_unknown_calls": 0}
-_PROJECT_METRICS_EXAMPLE = {
+_PROJECT_METRICS_EXAMPLE: dict[str, Any] = {
     "window": {"from": "2026-11-01T00:00:00Z", "to": None, "granularity": "day"},
     "totals": {
         **_USAGE_EXAMPLE,
