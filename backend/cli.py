@@ -8,6 +8,7 @@ import secrets
 import signal
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import typer
 import uvicorn
@@ -123,7 +124,7 @@ def dev() -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     os.environ["ENVIRONMENT"] = "dev"
     settings = Settings()
-    overrides: dict[str, object] = {"ENVIRONMENT": "dev"}
+    overrides: dict[str, Any] = {"ENVIRONMENT": "dev"}
     if settings.SECRET_KEY is None:
         overrides["SECRET_KEY"] = _dev_secret(settings.DATA_DIR)
     dev_password = None

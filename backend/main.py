@@ -16,6 +16,7 @@ from arq.connections import ArqRedis
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from backend import openapi
 from backend.api import api_router
 from backend.auth import service as auth_service
 from backend.config import Settings, get_settings
@@ -29,19 +30,6 @@ from backend.ops import router as ops_router
 
 log = structlog.get_logger()
 ROOT = Path(__file__).resolve().parent.parent
-# The docs' tag order (api.py includes the routers in hot-path-first order instead).
-_TAG_ORDER = (
-    "operations",
-    "auth",
-    "projects",
-    "audit",
-    "agent types",
-    "agents",
-    "usage",
-    "runs",
-    "webhooks",
-)
-OPENAPI_TAGS = [{"name": name} for name in _TAG_ORDER]
 
 
 def migration_head() -> str | None:
@@ -127,8 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             '`{"error": {"code", "message", "field", "request_id"}}`.'
         ),
         lifespan=lifespan,
-        openapi_tags=OPENAPI_TAGS,
     )
+    openapi.install(app)
     app.state.settings = settings
     install_error_handlers(app)
     # Innermost: its 413s pass CORS and RequestContextMiddleware (X-Request-ID, access log).

@@ -38,10 +38,10 @@ from backend.config import Settings, get_settings
 from backend.core.db import create_engine, create_sessionmaker
 from backend.core.errors import is_connection_error
 from backend.core.logging import configure_logging, innermost_frame
+from backend.maintenance import maintenance
 from backend.runs import dispatch, pipeline, tasks
-from backend.runs.executor import WorkerState
+from backend.runs.attempt import WorkerState
 from backend.runs.schemas import MAX_TIMEOUT_SECONDS
-from backend.usage.tasks import maintenance
 from backend.webhooks import tasks as webhook_tasks
 
 log = structlog.get_logger()
@@ -174,7 +174,8 @@ class _Fetched:
     its abort) answers what the take script already read."""
 
     def __init__(self, pool: Any, results: list[Any]) -> None:
-        self._pool, self._results = pool, results
+        self._pool = pool
+        self._results: list[Any] | None = results
 
     def pipeline(self, **kwargs: Any) -> Any:
         if self._results is None:

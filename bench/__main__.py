@@ -1,19 +1,22 @@
 """`make bench` (`python -m bench`): Agentry's performance figures (DESIGN.md "Performance
 targets") beside two reference apps, in one run; results also in .bench/results.json.
 
-Sections (BENCH_SECTIONS, default "http,pipeline,metrics"):
+Sections (BENCH_SECTIONS, default "http,pipeline,usershape,metrics"):
 - http: req/s, p50/p99 and server CPU per request at 32 connections for GET agent, list of
   100 agents, spawn, run submission, GET agent with rate limiting off; (A) a FastAPI constant
   route and (B) a FastAPI raw-asyncpg primary-key read, all served by uvicorn like `make run`.
 - pipeline: one worker process: idle submit→running, runs/s at latency_ms=0 (worker running;
   and a backlog drained), 500 one-second runs against the ideal for WORKER_MAX_JOBS.
+- usershape: `agentry dev` (API + worker in one process) over HTTP only, the peers' load
+  script: runs/s end to end, pickup, effective concurrency of one-second runs (bench/usershape.py).
 - metrics: GET /projects/{p}/metrics with 10⁴, 10⁵, 10⁶ seeded runs.
 
 Environment (all optional): BENCH_SECONDS (5), BENCH_WARMUP (1), BENCH_CONNECTIONS (32),
 BENCH_ROUNDS (2: the http cases run interleaved, BENCH_SECONDS split over the rounds),
 BENCH_PIN (1: servers on CPU 0, load generator on CPU 1), BENCH_PIPELINE_RUNS (1000),
 BENCH_PICKUPS (50), BENCH_SLOW_AGENTS (500), BENCH_SLOW_LATENCY_MS (1000),
-BENCH_WORKER_MAX_JOBS (the setting's default), BENCH_MAX_RUNS (1000000),
+BENCH_WORKER_MAX_JOBS (the setting's default), BENCH_USERSHAPE_RUNS (500), BENCH_USERSHAPE_SLOW
+(200), BENCH_MAX_RUNS (1000000),
 BENCH_METRICS_AGENTS (20), BENCH_METRICS_DAYS (7), BENCH_DATABASE_URL + BENCH_REDIS_URL
 (use these servers instead of embedded ones; the Redis database is FLUSHed).
 Server logs: .bench/logs/.
@@ -103,11 +106,12 @@ def _busy_note(load: float) -> list[str]:
 
 
 async def run_sections(cfg: BenchConfig, services: Services, results: dict[str, Any]) -> None:
-    from bench import httpbench, metricsbench, pipelinebench, webhookbench
+    from bench import httpbench, metricsbench, pipelinebench, usershape, webhookbench
 
     sections = {
         "http": httpbench.run,
         "pipeline": pipelinebench.run,
+        "usershape": usershape.run,
         "metrics": metricsbench.run,
         "webhooks": webhookbench.run,
     }
@@ -130,13 +134,15 @@ async def run_sections(cfg: BenchConfig, services: Services, results: dict[str, 
 
 
 def render(name: str, section: dict[str, Any]) -> str:
-    from bench import metricsbench, pipelinebench, webhookbench
+    from bench import metricsbench, pipelinebench, usershape, webhookbench
 
     parts = []
     if name == "http" and section.get("rows"):
         parts.append(report.http_table(section))
     elif name == "pipeline":
         parts.append(pipelinebench.render(section))
+    elif name == "usershape":
+        parts.append(usershape.render(section))
     elif name == "metrics":
         parts.append(metricsbench.render(section))
     elif name == "webhooks":

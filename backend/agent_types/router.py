@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
 
 from backend.agent_types import service
 from backend.agent_types.schemas import AgentTypeCreate, AgentTypeOut, AgentTypeUpdate
@@ -58,8 +58,12 @@ async def get_agent_type(agent_type_id: uuid.UUID, principal: CurrentPrincipal, 
     responses={**_ERR, **error_responses(409)},
     dependencies=[rate_limit("agent_types.create", "20/minute")],
 )
-async def create_agent_type(body: AgentTypeCreate, principal: SuperuserSession, session: Session):
-    return await service.create(session, principal, body)
+async def create_agent_type(
+    body: AgentTypeCreate, principal: SuperuserSession, session: Session, response: Response
+):
+    agent_type = await service.create(session, principal, body)
+    response.headers["Location"] = f"/api/v1/agent-types/{agent_type.id}"
+    return agent_type
 
 
 @router.patch(

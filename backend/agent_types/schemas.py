@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import (
@@ -14,26 +13,14 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StringConstraints,
-    model_validator,
 )
 
 from backend.agent_types.models import ProviderName
-from backend.core.schemas import Money, Schema
+from backend.core.schemas import Money, Schema, amount, examples, integer, keep, storable, text
 
 JSON_OBJECT_MAX_BYTES = 64 * 1024
 # API.md: free-form JSON nested deeper than this is a 422 (an object or array is one level).
 JSON_MAX_DEPTH = 32
-
-
-def _storable(value: str) -> str:
-    # Postgres text and JSONB refuse NUL and lone surrogates: refuse them here (422, not 500).
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode") from None
-    return value
 
 
 def _storable_json(value: Any) -> Any:
@@ -46,7 +33,7 @@ def _storable_json(value: Any) -> Any:
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
-            _storable(item)
+            storable(item)
         elif isinstance(item, dict | list):
             if depth > JSON_MAX_DEPTH:
                 raise ValueError(f"must not be nested deeper than {JSON_MAX_DEPTH} levels")
@@ -57,16 +44,14 @@ def _storable_json(value: Any) -> Any:
     return value
 
 
-def text(max_length: int, *, min_length: int = 0, strip: bool = False) -> Any:
-    """A bounded string Postgres can store."""
-    constraints = StringConstraints(
-        strip_whitespace=strip, min_length=min_length, max_length=max_length
-    )
-    return Annotated[str, constraints, AfterValidator(_storable)]
-
-
 # Every free-form JSON field of a request (run metadata, agent memory, agent type config).
-JsonObject = Annotated[dict[str, Any], AfterValidator(_storable_json)]
+JSON_RULES = (
+    f"any JSON object of at most 64 KiB, nested at most {JSON_MAX_DEPTH} levels, "
+    "with no NUL in any key or string"
+)
+JsonObject = Annotated[
+    dict[str, Any], AfterValidator(_storable_json), Field(description=f"A{JSON_RULES[1:]}")
+]
 Name = text(200, min_length=1, strip=True)
 Slug = Annotated[
     str, StringConstraints(pattern=r"^[a-z0-9]+(?:-[a-z0-9]+)*$", min_length=1, max_length=100)
@@ -74,7 +59,12 @@ Slug = Annotated[
 ModelName = text(200, min_length=1, strip=True)
 
 
-Rate = Annotated[Decimal, Field(ge=0, le=1_000_000, decimal_places=6, allow_inf_nan=False)]
+Rate = amount(1_000_000)
+Temperature = Annotated[float, Field(ge=0, le=2, strict=True)]
+MaxTokens = integer(ge=1, le=1_000_000)
+TimeoutSeconds = integer(ge=1, le=3600)
+MaxRetries = integer(ge=0, le=20)
+FallbackModels = Annotated[list[ModelName], Field(max_length=10)]
 
 
 class Pricing(BaseModel):
@@ -106,7 +96,7 @@ class FakeConfig(BaseModel):
     chunks: Annotated[StrictInt, Field(ge=1, le=1000)] | None = None
 
 
-_EXAMPLE = {
+_EXAMPLE: dict[str, Any] = {
     "name": "Echo",
     "slug": "echo",
     "provider": "fake",
@@ -116,66 +106,70 @@ _EXAMPLE = {
 }
 
 
+# `config` is free-form except for the `fake` provider, whose keys and types are known.
+_FAKE_CONFIG: dict[str, Any] = {
+    "if": {"properties": {"provider": {"const": "fake"}}},
+    "then": {"properties": {"config": FakeConfig.model_json_schema()}},
+}
+
+
 class AgentTypeCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_EXAMPLE]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [_EXAMPLE], **_FAKE_CONFIG}
+    )
     name: Name
     slug: Slug
     description: text(5000) | None = None
     provider: ProviderName
     model: ModelName
     system_prompt: text(100_000) = ""
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
-    fallback_models: Annotated[list[ModelName], Field(max_length=10)] = []
-    timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 300
-    max_retries: Annotated[int, Field(ge=0, le=20)] = 3
+    temperature: Temperature | None = None
+    max_tokens: MaxTokens | None = None
+    fallback_models: FallbackModels = []
+    timeout_seconds: TimeoutSeconds = 300
+    max_retries: MaxRetries = 3
     pricing: Pricing | None = None
     config: JsonObject = {}
-    is_active: bool = True
-
-
-_NOT_NULL = {
-    "name",
-    "slug",
-    "provider",
-    "model",
-    "system_prompt",
-    "fallback_models",
-    "timeout_seconds",
-    "max_retries",
-    "config",
-    "is_active",
-}
+    is_active: StrictBool = True
 
 
 class AgentTypeUpdate(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"is_active": False}]}
-    )
-    name: Name | None = None
-    slug: Slug | None = None
-    description: text(5000) | None = None
-    provider: ProviderName | None = None
-    model: ModelName | None = None
-    system_prompt: text(100_000) | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
-    fallback_models: Annotated[list[ModelName], Field(max_length=10)] | None = None
-    timeout_seconds: Annotated[int, Field(ge=1, le=3600)] | None = None
-    max_retries: Annotated[int, Field(ge=0, le=20)] | None = None
-    pricing: Pricing | None = None
-    config: JsonObject | None = None
-    is_active: bool | None = None
+    """Fields left out keep their value; null clears the nullable ones."""
 
-    @model_validator(mode="after")
-    def _required_not_null(self) -> AgentTypeUpdate:
-        nulls = sorted(f for f in self.model_fields_set & _NOT_NULL if getattr(self, f) is None)
-        if nulls:
-            raise ValueError(f"{', '.join(nulls)} cannot be null")
-        return self
+    model_config = examples({"is_active": False}, extra="forbid")
+    name: Name = keep()
+    slug: Slug = keep()
+    description: text(5000) | None = None
+    provider: ProviderName = keep()
+    model: ModelName = keep()
+    system_prompt: text(100_000) = keep()
+    temperature: Temperature | None = None
+    max_tokens: MaxTokens | None = None
+    fallback_models: FallbackModels = keep()
+    timeout_seconds: TimeoutSeconds = keep()
+    max_retries: MaxRetries = keep()
+    pricing: Pricing | None = None
+    config: JsonObject = keep()
+    is_active: StrictBool = keep()
 
 
 class AgentTypeOut(Schema):
+    model_config = examples(
+        {
+            "id": "6f1c2a5e-3b7d-4c1e-9a0b-2d4e6f8a1c3e",
+            **_EXAMPLE,
+            "description": None,
+            "temperature": None,
+            "max_tokens": None,
+            "fallback_models": [],
+            "timeout_seconds": 300,
+            "max_retries": 3,
+            "pricing": None,
+            "is_active": True,
+            "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:00:00Z",
+        }
+    )
     id: uuid.UUID
     name: str
     slug: str

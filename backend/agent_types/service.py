@@ -13,19 +13,20 @@ import uuid
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import exists, func, select
+from sqlalchemy import column, exists, select, table
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.agent_types.models import AgentType, ProviderName
 from backend.agent_types.schemas import AgentTypeCreate, AgentTypeUpdate, FakeConfig
-from backend.agents.models import Agent, AgentStatus
 from backend.audit import service as audit
 from backend.auth.dependencies import Principal
-from backend.core.db import utcnow
+from backend.core.db import paginate, utcnow
 from backend.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from backend.core.schemas import PageParams
 
+# The agents that use a type (agents depend on agent types, not the other way round).
+_agents = table("agents", column("agent_type_id"), column("status"))
 _LIVE = AgentType.deleted_at.is_(None)
 
 
@@ -90,17 +91,10 @@ async def list_types(
     if include_inactive and not principal.user.is_superuser:
         raise Forbidden("Only superusers can list inactive agent types")
     where = [_LIVE] if include_inactive else [_LIVE, AgentType.is_active]
-    total = await session.scalar(select(func.count()).select_from(AgentType).where(*where)) or 0
-    if total <= paging.offset:
-        return [], total
-    rows = await session.scalars(
-        select(AgentType)
-        .where(*where)
-        .order_by(AgentType.created_at.desc(), AgentType.id.desc())
-        .offset(paging.offset)
-        .limit(paging.limit)
+    query = (
+        select(AgentType).where(*where).order_by(AgentType.created_at.desc(), AgentType.id.desc())
     )
-    return list(rows), total
+    return await paginate(session, query, paging)
 
 
 async def get(session: AsyncSession, principal: Principal, type_id: uuid.UUID) -> AgentType:
@@ -149,9 +143,7 @@ def _pick(new: Any, old: Any) -> Any:
 async def delete(session: AsyncSession, principal: Principal, type_id: uuid.UUID) -> None:
     agent_type = await _locked(session, type_id)
     in_use = await session.scalar(
-        select(
-            exists().where(Agent.agent_type_id == type_id, Agent.status != AgentStatus.terminated)
-        )
+        select(exists().where(_agents.c.agent_type_id == type_id, _agents.c.status != "terminated"))
     )
     if in_use:
         raise Conflict(
@@ -176,5 +168,6 @@ async def lock_for_spawn(session: AsyncSession, type_id: uuid.UUID) -> AgentType
     if agent_type is None:
         raise NotFound(f"Agent type {type_id} not found")
     if not agent_type.is_active:
+        # API.md: an inactive type is a 422 naming agent_type_id (the schema cannot state it).
         raise ValidationFailed(f"Agent type '{agent_type.slug}' is inactive", field="agent_type_id")
     return agent_type

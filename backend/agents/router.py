@@ -5,6 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
+from backend import lifecycle
 from backend.agents import service
 from backend.agents.models import AgentStatus
 from backend.agents.schemas import AgentCreate, AgentEventOut, AgentMetrics, AgentOut, AgentUpdate
@@ -108,7 +109,7 @@ async def get_agent(agent_id: uuid.UUID, ctx: AgentReader, session: Session):
     dependencies=[rate_limit("agents.update", "30/minute")],
 )
 async def update_agent(agent_id: uuid.UUID, body: AgentUpdate, ctx: AgentWriter, session: Session):
-    return await service.update(session, ctx, agent_id, body)
+    return await lifecycle.update_agent(session, ctx, agent_id, body)
 
 
 @router.post(
@@ -120,7 +121,7 @@ async def update_agent(agent_id: uuid.UUID, body: AgentUpdate, ctx: AgentWriter,
     dependencies=[rate_limit("agents.pause", "20/minute")],
 )
 async def pause_agent(agent_id: uuid.UUID, ctx: AgentWriter, session: Session):
-    return await service.pause(session, ctx, agent_id)
+    return await lifecycle.pause_agent(session, ctx, agent_id)
 
 
 @router.post(
@@ -132,7 +133,7 @@ async def pause_agent(agent_id: uuid.UUID, ctx: AgentWriter, session: Session):
     dependencies=[rate_limit("agents.resume", "20/minute")],
 )
 async def resume_agent(agent_id: uuid.UUID, ctx: AgentWriter, session: Session):
-    return await service.resume(session, ctx, agent_id)
+    return await lifecycle.resume_agent(session, ctx, agent_id)
 
 
 @router.delete(
@@ -144,7 +145,7 @@ async def resume_agent(agent_id: uuid.UUID, ctx: AgentWriter, session: Session):
     dependencies=[rate_limit("agents.terminate", "10/minute")],
 )
 async def terminate_agent(agent_id: uuid.UUID, ctx: AgentWriter, session: Session):
-    agent = await service.terminate(session, ctx, agent_id)
+    agent = await lifecycle.terminate_agent(session, ctx, agent_id)
     return {"success": True, "message": f"Agent '{agent.name}' terminated"}
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import bindparam, column, func, select, table, text
+from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.agent_types import service as agent_types_service
@@ -19,16 +20,16 @@ from backend.agents import state
 from backend.agents.models import Agent, AgentEvent, AgentStatus
 from backend.agents.schemas import AgentCreate, AgentUpdate
 from backend.audit import service as audit
-from backend.core.db import utcnow
+from backend.core.db import paginate, utcnow
 from backend.core.errors import Conflict, NotFound, ValidationFailed
 from backend.core.schemas import PageParams
 from backend.projects import service as projects_service
 from backend.projects.dependencies import ProjectContext
-from backend.runs import service as runs_service
-from backend.runs.models import Run
 from backend.webhooks import outbox
 
-agents, types, runs = Agent.__table__, AgentType.__table__, Run.__table__
+agents, types = Agent.__table__, AgentType.__table__
+# The runs of an agent, for its pending count (runs depend on agents, not the other way round).
+runs = table("runs", column("agent_id"), column("status"))
 # Literal statuses (not bind parameters) so the planner can use ix_runs_unfinished.
 _UNFINISHED = text("runs.status IN ('queued', 'running')")
 _PENDING = (
@@ -106,20 +107,13 @@ async def list_agents(
         where.append(agents.c.status == status.value)
     if agent_type_id is not None:
         where.append(agents.c.agent_type_id == agent_type_id)
-    total = await session.scalar(select(func.count()).select_from(agents).where(*where)) or 0
-    if total <= paging.offset:
-        return [], total
-    stmt = (
-        _ROWS.where(*where)
-        .order_by(agents.c.created_at.desc(), agents.c.id.desc())
-        .offset(paging.offset)
-        .limit(paging.limit)
-    )
-    result = await session.execute(stmt)
+    count = select(func.count()).select_from(agents).where(*where)  # without the joins
+    query = _ROWS.where(*where).order_by(agents.c.created_at.desc(), agents.c.id.desc())
+    rows, total = await paginate(session, query, paging, total=count, scalars=False)
     # Plain tuples zipped with the keys once: no RowMapping, no ORM attribute read per row.
-    keys = [*result.keys(), "project_name", "project_slug"]
+    keys = [*_ROWS.selected_columns.keys(), "project_name", "project_slug"]
     project = (ctx.project.name, ctx.project.slug)
-    return [dict(zip(keys, (*row, *project), strict=True)) for row in result], total
+    return [dict(zip(keys, (*row, *project), strict=True)) for row in rows], total
 
 
 async def spawn(session: AsyncSession, ctx: ProjectContext, data: AgentCreate) -> dict[str, Any]:
@@ -174,18 +168,12 @@ async def _move(
         **_actor(ctx),
         **values,
     )
-    # Runs hooks: back to idle starts the agent's oldest queued run (after commit);
-    # terminate cancels its queued and running runs in this transaction.
-    if to == AgentStatus.idle:
-        await runs_service.on_agent_resumed(session, agent_id)
-    elif to == AgentStatus.terminated:
-        await runs_service.cancel_live_runs(session, "agent terminated", agent_id=agent_id)
-    return moved
+    return moved  # what it means for the agent's runs: backend/lifecycle.py
 
 
 async def update(
     session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID, data: AgentUpdate
-) -> dict[str, Any]:
+) -> None:
     """Other fields are written by the same statement as the status change, if any."""
     fields = data.model_dump(include=data.model_fields_set - {"status"})
     if data.status is not None:
@@ -193,7 +181,8 @@ async def update(
     elif fields:
         await _update_fields(session, ctx, agent_id, fields)
     else:
-        return await get(session, ctx, agent_id)
+        await get(session, ctx, agent_id)  # 404 when it is not there
+        return
     _audit(
         session,
         ctx,
@@ -202,7 +191,6 @@ async def update(
         fields=sorted(data.model_fields_set),
         **({"status": data.status.value} if data.status else {}),
     )
-    return await get(session, ctx, agent_id)
 
 
 async def _update_fields(
@@ -210,7 +198,7 @@ async def _update_fields(
 ) -> None:
     # Guarded like a transition: a terminated agent is read-only (no read-then-write).
     changed = await session.scalar(
-        agents.update()
+        sql_update(Agent)
         .where(
             agents.c.id == agent_id,
             agents.c.project_id == ctx.project.id,
@@ -224,20 +212,18 @@ async def _update_fields(
         raise Conflict(f"Agent {agent_id} is terminated and cannot be changed", field="status")
 
 
-async def pause(session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID) -> dict[str, Any]:
+async def pause(session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID) -> None:
     await _move(session, ctx, agent_id, AgentStatus.paused, reason="pause")
     _audit(session, ctx, "agent.pause", agent_id)
-    return await get(session, ctx, agent_id)
 
 
-async def resume(session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID) -> dict[str, Any]:
+async def resume(session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID) -> None:
     # Only a paused agent resumes: idle is also reachable from working/waiting, but that
     # is the worker's move (PATCH status=idle), not a resume.
     await _move(
         session, ctx, agent_id, AgentStatus.idle, reason="resume", only_from={AgentStatus.paused}
     )
     _audit(session, ctx, "agent.resume", agent_id)
-    return await get(session, ctx, agent_id)
 
 
 async def terminate(
@@ -261,8 +247,6 @@ async def terminate_all(session: AsyncSession, ctx: ProjectContext, *, reason: s
         **_actor(ctx),
         **_terminal_values(),
     )
-    # Runs hook: these agents' queued and running runs are cancelled in this transaction.
-    await runs_service.cancel_live_runs(session, reason, project_id=ctx.project.id)
     for agent_id in ids:
         _audit(session, ctx, "agent.terminate", agent_id, reason=reason)
 

@@ -1,22 +1,34 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.audit.models import AuditLog
+from backend.core.db import paginate
 from backend.core.middleware import current_request_id
 from backend.core.schemas import PageParams
 
-if TYPE_CHECKING:
-    from backend.auth.dependencies import Principal
+
+class _Id(Protocol):
+    id: uuid.UUID
+
+
+class Actor(Protocol):
+    """Who acts (auth's Principal): a user, and the API key they act through, if any."""
+
+    @property
+    def user(self) -> _Id: ...
+
+    @property
+    def api_key(self) -> _Id | None: ...
 
 
 def record(
     session: AsyncSession,
-    principal: Principal | None,
+    principal: Actor | None,
     action: str,
     *,
     project_id: uuid.UUID | None = None,
@@ -42,15 +54,7 @@ def record(
 async def list_entries(
     session: AsyncSession, paging: PageParams, *, project_id: uuid.UUID | None = None
 ) -> tuple[list[AuditLog], int]:
-    query = select(AuditLog)
-    count = select(func.count()).select_from(AuditLog)
+    query = select(AuditLog).order_by(AuditLog.created_at.desc(), AuditLog.id.desc())
     if project_id is not None:
         query = query.where(AuditLog.project_id == project_id)
-        count = count.where(AuditLog.project_id == project_id)
-    total = await session.scalar(count) or 0
-    rows = await session.scalars(
-        query.order_by(AuditLog.created_at.desc(), AuditLog.id.desc())
-        .offset(paging.offset)
-        .limit(paging.limit)
-    )
-    return list(rows), total
+    return await paginate(session, query, paging)

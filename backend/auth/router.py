@@ -3,8 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, status
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import APIRouter, Form, Request, Response, status
 
 from backend.audit import service as audit
 from backend.auth import service
@@ -19,6 +18,7 @@ from backend.auth.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyOut,
+    LoginForm,
     LoginIn,
     MeUpdate,
     RefreshIn,
@@ -91,7 +91,7 @@ async def login(body: LoginIn, request: Request, session: Session):
     dependencies=[ip_rate_limit("auth.login", "30/minute", fail_closed=True)],
 )
 async def login_form(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    form: Annotated[LoginForm, Form()],
     request: Request,
     session: Session,
 ):
@@ -168,8 +168,11 @@ async def list_users(principal: SuperuserSession, session: Session, paging: Pagi
     responses={**_AUTHED, **error_responses(409)},
     dependencies=[rate_limit("users.create", "30/minute")],
 )
-async def create_user(body: UserCreate, principal: SuperuserSession, session: Session):
+async def create_user(
+    body: UserCreate, principal: SuperuserSession, session: Session, response: Response
+):
     user = await service.create_user(session, body)
+    response.headers["Location"] = f"/api/v1/users/{user.id}"
     audit.record(
         session,
         principal,

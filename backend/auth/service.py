@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,7 +15,7 @@ from backend.auth.dependencies import Principal
 from backend.auth.models import ApiKey, RefreshToken, User
 from backend.auth.schemas import ApiKeyCreate, MeUpdate, Scope, UserCreate, UserUpdate
 from backend.config import Settings
-from backend.core.db import KeepWrites, utcnow
+from backend.core.db import KeepWrites, paginate, utcnow
 from backend.core.errors import BadRequest, Conflict, NotFound, Unauthorized, ValidationFailed
 from backend.core.schemas import PageParams
 from backend.core.security import (
@@ -186,14 +187,7 @@ async def update_me(session: AsyncSession, principal: Principal, data: MeUpdate)
 
 
 async def list_users(session: AsyncSession, paging: PageParams) -> tuple[list[User], int]:
-    total = await session.scalar(select(func.count()).select_from(User)) or 0
-    users = await session.scalars(
-        select(User)
-        .order_by(User.created_at.desc(), User.id)
-        .offset(paging.offset)
-        .limit(paging.limit)
-    )
-    return list(users), total
+    return await paginate(session, select(User).order_by(User.created_at.desc(), User.id), paging)
 
 
 async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
@@ -302,15 +296,8 @@ async def list_api_keys(
     session: AsyncSession, principal: Principal, paging: PageParams
 ) -> tuple[list[ApiKey], int]:
     where = (ApiKey.user_id == principal.user.id, ApiKey.revoked_at.is_(None))
-    total = await session.scalar(select(func.count()).select_from(ApiKey).where(*where)) or 0
-    keys = await session.scalars(
-        select(ApiKey)
-        .where(*where)
-        .order_by(ApiKey.created_at.desc(), ApiKey.id)
-        .offset(paging.offset)
-        .limit(paging.limit)
-    )
-    return list(keys), total
+    query = select(ApiKey).where(*where).order_by(ApiKey.created_at.desc(), ApiKey.id)
+    return await paginate(session, query, paging)
 
 
 async def revoke_api_key(session: AsyncSession, principal: Principal, key_id: uuid.UUID) -> None:
@@ -365,3 +352,15 @@ async def ensure_first_superuser(settings: Settings, session: AsyncSession) -> b
     created = await ensure_superuser(session, settings.FIRST_SUPERUSER_EMAIL, password)
     await session.commit()
     return created
+
+
+async def purge_refresh_tokens(session: AsyncSession, *, before: datetime) -> int:
+    dead_families = (
+        select(RefreshToken.family_id)
+        .group_by(RefreshToken.family_id)
+        .having(func.max(RefreshToken.expires_at) < before)
+    )
+    result = await session.execute(
+        delete(RefreshToken).where(RefreshToken.family_id.in_(dead_families))
+    )
+    return cast("CursorResult[Any]", result).rowcount or 0

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import DateTime, MetaData, func
+from sqlalchemy import DateTime, MetaData, Select, func, select
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -30,6 +30,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
+
+from backend.core.schemas import PageParams
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -192,6 +194,26 @@ def _has_pending(session: AsyncSession) -> bool:
 
 # scope="function": the commit happens after the route returns, before the response is sent.
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+async def paginate(
+    session: AsyncSession,
+    query: Select,
+    paging: PageParams,
+    *,
+    total: Select | None = None,
+    scalars: bool = True,
+) -> tuple[list[Any], int]:
+    """One page of `query` (ordered by the caller) and how many rows there are in all (`total`,
+    a count statement; default: the rows of `query`): the count, then the page unless it lies
+    past the end. Scalars (ORM objects) by default, else rows."""
+    counted = total if total is not None else select(func.count()).select_from(query.subquery())
+    count = await session.scalar(counted) or 0
+    if count <= paging.offset:
+        return [], count
+    page = query.offset(paging.offset).limit(paging.limit)
+    result = await (session.scalars(page) if scalars else session.execute(page))
+    return list(result), count
 
 
 def storable(text: str) -> str:

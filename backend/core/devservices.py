@@ -42,7 +42,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 from urllib.parse import quote
 
 import psutil
@@ -419,7 +419,7 @@ class EmbeddedPostgres:
 
     def _run(self, cmd: Sequence[str], stdin: str | None = None) -> None:
         """Run a Postgres binary as the server user; raise with its output on failure."""
-        as_user: dict[str, object] = {}
+        as_user: dict[str, Any] = {}
         if self._user:
             as_user = {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
@@ -435,7 +435,7 @@ class EmbeddedPostgres:
                 env=env,
                 start_new_session=True,  # Ctrl-C is the parent's to handle, not the server's
                 timeout=120,
-                **as_user,  # type: ignore[arg-type]
+                **as_user,
             )
             if result.returncode != 0:
                 out.seek(0)

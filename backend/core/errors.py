@@ -5,19 +5,41 @@ Nothing from the internals (SQL, stack traces, secrets) reaches a response.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from backend.core.logging import innermost_frame
 
 log = structlog.get_logger()
+
+
+class ErrorCode(StrEnum):
+    """Every `error.code` an answer can carry (a closed set: clients may switch on it)."""
+
+    bad_request = "bad_request"
+    unauthorized = "unauthorized"
+    forbidden = "forbidden"
+    not_found = "not_found"
+    method_not_allowed = "method_not_allowed"
+    conflict = "conflict"
+    invalid_transition = "invalid_transition"
+    budget_exceeded = "budget_exceeded"
+    payload_too_large = "payload_too_large"
+    unsupported_media_type = "unsupported_media_type"
+    validation_error = "validation_error"
+    rate_limited = "rate_limited"
+    internal_error = "internal_error"
+    unavailable = "unavailable"
 
 
 class AppError(Exception):
@@ -151,7 +173,8 @@ def is_connection_error(exc: BaseException) -> bool:
     """The database (through SQLAlchemy, or asyncpg directly) is unreachable or refusing for
     now: try again later. Anything else is an answer."""
     if isinstance(exc, DBAPIError):
-        return bool(exc.connection_invalidated) or is_connection_error(exc.orig)
+        orig = exc.orig
+        return bool(exc.connection_invalidated) or (orig is not None and is_connection_error(orig))
     sqlstate = getattr(exc, "sqlstate", None) or ""
     # PoolTimeoutError: every pooled connection stayed busy for pool_timeout seconds.
     return sqlstate.startswith(_UNAVAILABLE_SQLSTATES) or isinstance(
@@ -174,13 +197,25 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if any(e.get("loc", ("",))[0] == "path" for e in exc.errors()):
+            # PATCH /agents/metrics matched /agents/{agent_id} for want of a PATCH on the fixed
+            # path: a 405, as for any method a path does not have, not a bad id.
+            methods = allowed_methods(request)
+            if request.method not in methods:
+                return envelope(
+                    request,
+                    405,
+                    "method_not_allowed",
+                    "Method Not Allowed",
+                    headers={"Allow": ", ".join(methods)},
+                )
         details = _validation_details(exc)
         first = details[0] if details else {"field": None, "message": "Invalid request"}
         if first.get("type") == "json_invalid":
             return envelope(request, 400, "bad_request", "Malformed JSON body", details=details)
         message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
         return envelope(
-            request, 422, "validation_error", message, field=first["field"], details=details
+            request, 422, "validation_error", str(message), field=first["field"], details=details
         )
 
     @app.exception_handler(StarletteHTTPException)
@@ -188,9 +223,17 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc.__cause__, RecursionError):
             # FastAPI's body parse gave up: JSON nested far deeper than any field allows.
             return envelope(request, 422, "validation_error", "The JSON body is nested too deeply")
-        code = _HTTP_CODES.get(exc.status_code, "error")
+        code = _HTTP_CODES.get(exc.status_code) or (
+            ErrorCode.internal_error if exc.status_code >= 500 else ErrorCode.bad_request
+        )
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return envelope(request, exc.status_code, code, message, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:
+            # Starlette names only the first matching route's methods; a path has one per method.
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return envelope(
+            request, exc.status_code, code, message, headers=dict(headers) if headers else None
+        )
 
     @app.exception_handler(IntegrityError)
     async def _integrity(request: Request, exc: IntegrityError) -> JSONResponse:
@@ -214,6 +257,23 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         return unexpected_error_response(request, exc)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods of the request's path: those of the most specific templates matching it
+    (/users/me, not /users/{user_id})."""
+    routes = getattr(request.app.state, "route_methods", None)
+    if routes is None:
+        routes = [
+            (compile_path(c.path_format)[0], c.path_format.count("{"), c.original_route.methods)  # type: ignore[attr-defined]
+            for c in iter_route_contexts(request.app.routes)
+            if c.path_format and getattr(c.original_route, "methods", None)
+        ]
+        request.app.state.route_methods = routes
+    path = request.scope["path"]
+    matches = [(params, methods) for regex, params, methods in routes if regex.match(path)]
+    fewest = min((params for params, _ in matches), default=0)
+    return sorted({m for params, methods in matches if params == fewest for m in methods})
 
 
 def unexpected_error_response(request: Request, exc: BaseException) -> JSONResponse:

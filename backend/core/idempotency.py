@@ -12,12 +12,12 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import Header
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import String, UniqueConstraint, delete, func, select, update
+from sqlalchemy import CursorResult, String, UniqueConstraint, delete, func, select, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -126,7 +126,7 @@ async def purge_expired(session: AsyncSession) -> int:
     result = await session.execute(
         delete(IdempotencyKey).where(IdempotencyKey.created_at < utcnow() - TTL)
     )
-    return result.rowcount or 0
+    return cast("CursorResult[Any]", result).rowcount or 0
 
 
 def respond(result: Outcome | Replay) -> JSONResponse:

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 import structlog
+from structlog.typing import EventDict
 
 _ROOT = logging.getLogger()
 _METHOD_LEVELS = {
@@ -65,14 +66,14 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, _ROOT.level))
 
 
-def drop_below_level(_: Any, method_name: str, event: dict[str, Any]) -> dict[str, Any]:
+def drop_below_level(_: Any, method_name: str, event: EventDict) -> EventDict:
     """First processor: an event below the root logger's level costs nothing more."""
     if not _ROOT.isEnabledFor(_METHOD_LEVELS.get(method_name, logging.INFO)):
         raise structlog.DropEvent
     return event
 
 
-def render(logger: Any, method_name: str, event: dict[str, Any]) -> str:
+def render(logger: Any, method_name: str, event: EventDict) -> str:
     return _Output.renderer(logger, method_name, event)  # type: ignore[return-value]
 
 
@@ -105,7 +106,7 @@ def innermost_frame(tb: TracebackType | None) -> str:
     return where
 
 
-def summarize_exception(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def summarize_exception(_: Any, __: str, event: EventDict) -> EventDict:
     """Replace exc_info (ours or a library's) by its type and location.
 
     Tracebacks and exception messages may carry SQL, parameters or secrets: never logged.

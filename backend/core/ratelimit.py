@@ -101,7 +101,8 @@ class RateLimiter:
         if not self.enabled:
             return None
         if time.monotonic() < self._down_until:
-            return _degraded(fail_closed)
+            _degraded(fail_closed)
+            return None
         item = self.item(name, default)
         key = f"{self.key_prefix}:{item.key_for(identity)}"
         try:
@@ -109,7 +110,8 @@ class RateLimiter:
         except Exception as exc:  # noqa: BLE001 - any storage failure means "degraded", by design
             self._down_until = time.monotonic() + _BACKOFF_SECONDS
             log.warning("rate_limit_degraded", error_type=type(exc).__name__)
-            return _degraded(fail_closed)
+            _degraded(fail_closed)
+            return None
         reset_at = time.time() + max(ttl_ms, 0) / 1000
         return Verdict(limit=item.amount, remaining=item.amount - count, reset_at=reset_at)
 

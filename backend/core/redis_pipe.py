@@ -61,7 +61,7 @@ class _Protocol(asyncio.Protocol):
 
 class RedisPipe:
     def __init__(self, url: str, *, timeout: float = 0.5) -> None:
-        self.options = parse_url(url)
+        self.options: dict[str, Any] = dict(parse_url(url))
         self.timeout = timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
@@ -115,9 +115,11 @@ class RedisPipe:
             try:
                 if options.get("password"):
                     auth = [options.get("username"), options["password"]]
-                    await self._send(protocol, hiredis.pack_command(("AUTH", *filter(None, auth))))
+                    command: tuple[Any, ...] = ("AUTH", *filter(None, auth))
+                    await self._send(protocol, hiredis.pack_command(command))
                 if options.get("db"):
-                    await self._send(protocol, hiredis.pack_command(("SELECT", options["db"])))
+                    select_db: tuple[Any, ...] = ("SELECT", options["db"])
+                    await self._send(protocol, hiredis.pack_command(select_db))
             except BaseException:
                 protocol.close()
                 raise

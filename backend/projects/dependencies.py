@@ -105,7 +105,7 @@ async def resolve_project(
         project, role = (None, None) if row is None else row
     if project is None or (role is None and not user.is_superuser):
         raise NotFound(f"Project {project_id} not found")
-    if not user.is_superuser and permission not in ROLE_PERMISSIONS[role]:
+    if role is not None and not user.is_superuser and permission not in ROLE_PERMISSIONS[role]:
         raise Forbidden(f"Your role in this project does not allow {permission.value}")
     if key is not None:
         scope = KEY_SCOPE[permission]

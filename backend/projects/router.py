@@ -4,6 +4,7 @@ import uuid
 
 from fastapi import APIRouter, status
 
+from backend import lifecycle
 from backend.audit import service as audit_service
 from backend.audit.schemas import AuditEntry
 from backend.auth.dependencies import CurrentPrincipal, rate_limit
@@ -48,7 +49,8 @@ async def create_project(
 ):
     async def create() -> Outcome:
         project = await service.create(session, principal, body)
-        return Outcome(201, ProjectOut.model_validate(service.to_out(project, "owner")), {})
+        out = ProjectOut.model_validate(service.to_out(project, "owner"))
+        return Outcome(201, out, {"Location": f"/api/v1/projects/{project.id}"})
 
     return respond(
         await run_idempotent(
@@ -107,7 +109,7 @@ async def update_project(body: ProjectUpdate, ctx: ProjectEditor, session: Sessi
     dependencies=[rate_limit("projects.delete", "10/minute")],
 )
 async def delete_project(ctx: ProjectOwner, session: Session) -> None:
-    await service.delete(session, ctx)
+    await lifecycle.delete_project(session, ctx)
 
 
 @router.get(

@@ -5,19 +5,19 @@ import unicodedata
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.audit import service as audit
 from backend.auth.dependencies import Principal
 from backend.auth.models import User
-from backend.core.db import utcnow
+from backend.core.db import paginate, utcnow
 from backend.core.errors import Conflict, Forbidden, NotFound
 from backend.core.schemas import PageParams
 from backend.projects.dependencies import ProjectContext
 from backend.projects.models import Project, ProjectMember, Role
-from backend.projects.schemas import Budget, MemberAdd, ProjectCreate, ProjectUpdate
+from backend.projects.schemas import Budget, BudgetIn, MemberAdd, ProjectCreate, ProjectUpdate
 
 
 def slugify(name: str) -> str:
@@ -46,7 +46,7 @@ def to_out(project: Project, role: str | None) -> dict[str, Any]:
     }
 
 
-def _apply_budget(project: Project, budget: Budget | None) -> None:
+def _apply_budget(project: Project, budget: BudgetIn | None) -> None:
     project.monthly_cost_limit_usd = budget.monthly_cost_limit_usd if budget else None
     project.monthly_token_limit = budget.monthly_token_limit if budget else None
 
@@ -102,12 +102,8 @@ async def list_for(
         query = query.where(ProjectMember.role.is_not(None))
     if key is not None and key.project_id is not None:
         query = query.where(Project.id == key.project_id)
-    total = await session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = await session.execute(
-        query.order_by(Project.created_at.desc(), Project.id)
-        .offset(paging.offset)
-        .limit(paging.limit)
-    )
+    query = query.order_by(Project.created_at.desc(), Project.id)
+    rows, total = await paginate(session, query, paging, scalars=False)
     return [to_out(p, role) for p, role in rows], total
 
 
@@ -148,11 +144,9 @@ async def lock_for_spawn(session: AsyncSession, project_id: uuid.UUID) -> None:
 
 
 async def delete(session: AsyncSession, ctx: ProjectContext) -> None:
-    from backend.agents import service as agents_service  # agents depend on projects
-
+    """The project leaves every listing (its agents and runs end: backend/lifecycle.py)."""
     # Waits for spawns in flight (lock_for_spawn) and makes later ones wait for this commit.
     await session.execute(select(Project.id).where(Project.id == ctx.project.id).with_for_update())
-    await agents_service.terminate_all(session, ctx, reason="project deleted")
     ctx.project.deleted_at = utcnow()
     audit.record(
         session,
@@ -167,16 +161,13 @@ async def delete(session: AsyncSession, ctx: ProjectContext) -> None:
 async def list_members(
     session: AsyncSession, ctx: ProjectContext, paging: PageParams
 ) -> tuple[list[dict[str, Any]], int]:
-    where = ProjectMember.project_id == ctx.project.id
-    total = await session.scalar(select(func.count()).select_from(ProjectMember).where(where)) or 0
-    rows = await session.execute(
+    query = (
         select(ProjectMember, User.email)
         .join(User, User.id == ProjectMember.user_id)
-        .where(where)
+        .where(ProjectMember.project_id == ctx.project.id)
         .order_by(ProjectMember.created_at.desc(), ProjectMember.user_id)
-        .offset(paging.offset)
-        .limit(paging.limit)
     )
+    rows, total = await paginate(session, query, paging, scalars=False)
     return [_member_out(m, email) for m, email in rows], total
 
 

@@ -116,3 +116,20 @@ class ConversationMessage(IdMixin, Base):
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now(), default=utcnow)
+
+
+# A call is recorded once per (run, attempt, provider, model): a duplicate is not counted twice.
+Index(
+    "uq_provider_calls_run_attempt_model",
+    ProviderCall.run_id,
+    ProviderCall.attempt,
+    ProviderCall.provider,
+    ProviderCall.model,
+    unique=True,
+)
+# Admin metrics: run durations over the last hour.
+Index(
+    "ix_runs_finished_at",
+    Run.finished_at,
+    postgresql_where=text("finished_at IS NOT NULL"),
+)

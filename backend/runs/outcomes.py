@@ -12,20 +12,19 @@ from __future__ import annotations
 import random
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from redis.exceptions import RedisError
 
 from backend.config import Settings
 from backend.core.db import storable
+from backend.runs import metrics as runs_metrics
 from backend.runs import streams
+from backend.runs.attempt import Attempt, WorkerState
 from backend.runs.pipeline import Conclusion as C
 from backend.runs.schemas import RunRow
 from backend.usage import service as usage
-
-if TYPE_CHECKING:
-    from backend.runs.executor import Attempt, WorkerState
 
 log = structlog.get_logger()
 
@@ -76,7 +75,7 @@ async def _finished(w: WorkerState, state: Attempt, run: Any) -> str:
         return "taken"
     if run.released and run.next_id is not None:
         await _enqueue(w, run.next_id, run.next_attempt)
-    usage.observe_finished(run.status, run.started_at, run.finished_at)
+    runs_metrics.observe_finished(run.status, run.started_at, run.finished_at)
     # The run's stream ends with what committed; this job need not wait for Redis (its slot
     # goes to the next run sooner): the process's Publisher sends it, flushed at shutdown.
     await state.events.close(streams.final_events(run), final=True, wait=False)

@@ -58,7 +58,8 @@ from backend.usage import service as usage
 
 log = structlog.get_logger()
 A, R = AgentStatus, RunStatus
-T, U = TypeVar("T"), TypeVar("U")
+T = TypeVar("T")
+U = TypeVar("U")
 
 # One worker process keeps about one connection busy at full speed (it is CPU-bound, and
 # batches its statements: a couple of batches in flight at once), so a handful of connections
@@ -126,7 +127,9 @@ class Batcher(Generic[T, U]):
             await self._deliver(self._take())
 
     def _take(self) -> list[tuple[T, asyncio.Future[U]]]:
-        batch, rest, keys = [], [], set()
+        batch: list[tuple[T, asyncio.Future[U]]] = []
+        rest: list[tuple[T, asyncio.Future[U]]] = []
+        keys: set[Hashable] = set()
         for request in self._pending:
             key = self._key(request[0])
             if len(batch) < MAX_BATCH and key not in keys:
@@ -168,7 +171,8 @@ async def _warm(conn: asyncpg.Connection) -> None:
     server backend loads its caches and plans them, and asyncpg keeps the prepared statements,
     before a burst of runs needs them (~20 ms a connection)."""
     now = datetime.now(UTC)
-    params = {"run_ids": [], "attempts": [], "jobs": [], "calls": [], "worker_id": ""}
+    params: dict[str, Any] = {"run_ids": [], "attempts": [], "jobs": [], "calls": []}
+    params["worker_id"] = ""
     params |= {"history": 0, "now": now, "bucket": now, "reason": ""}
     for stmt in (CLAIM, CONCLUDE[Conclusion.succeeded]):
         await conn.fetch(stmt.sql, *stmt.args(params))

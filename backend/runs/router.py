@@ -4,7 +4,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request, WebSocket, status
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -18,7 +18,13 @@ from backend.projects.dependencies import Permission, ProjectContext, RunReader,
 from backend.runs import dispatch, service, streams, websocket
 from backend.runs.dependencies import HeaderCredentials, StreamReader
 from backend.runs.models import FINISHED, RunStatus
-from backend.runs.schemas import MAX_WAIT_SECONDS, RunCreate, RunOut, run_json
+from backend.runs.schemas import (
+    EVENT_STREAM_RESPONSE,
+    MAX_WAIT_SECONDS,
+    RunCreate,
+    RunOut,
+    run_json,
+)
 from backend.runs.watch import AccessLost, Lease
 
 
@@ -104,7 +110,8 @@ class Submit:
         if lease is None:
             return respond(result)
         await commit(session)  # the run exists and is enqueued before we wait for it
-        run_id = result.body.id if isinstance(result, Outcome) else uuid.UUID(result.body["id"])
+        body: Any = result.body
+        run_id = body.id if isinstance(result, Outcome) else uuid.UUID(body["id"])
         state = request.app.state
         run = await lease.run(
             service.wait_for(state.sessionmaker, state.redis, ctx.project.id, run_id, wait)
@@ -168,17 +175,7 @@ async def cancel_run(run_id: uuid.UUID, ctx: RunWriter, session: Session):
         "for EventSource, which cannot send headers."
     ),
     response_class=StreamingResponse,
-    responses={
-        **_ERR,
-        200: {
-            "description": "The run's event stream",
-            "content": {
-                "text/event-stream": {
-                    "example": 'id: 1712345678901-0\nevent: status\ndata: {"status": "queued"}\n\n'
-                }
-            },
-        },
-    },
+    responses={**_ERR, 200: EVENT_STREAM_RESPONSE},
 )
 async def stream_run_events(
     run_id: uuid.UUID,

@@ -3,12 +3,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from backend.agent_types.models import ProviderName
 from backend.agent_types.schemas import JsonObject, Money, text
-from backend.core.schemas import Schema
+from backend.core.errors import ErrorCode
+from backend.core.schemas import Schema, examples, integer
 from backend.runs.models import Run, RunStatus
 
 RunInput = text(100_000, min_length=1)
@@ -26,10 +28,8 @@ class RunCreate(BaseModel):
     )
     input: RunInput
     metadata: JsonObject = {}
-    timeout_seconds: int | None = Field(
+    timeout_seconds: integer(ge=1, le=MAX_TIMEOUT_SECONDS) | None = Field(
         None,
-        ge=1,
-        le=MAX_TIMEOUT_SECONDS,
         description="Per-attempt timeout; defaults to the agent type's timeout_seconds",
     )
 
@@ -91,7 +91,7 @@ class RunOut(Schema):
     error: RunError | None
     attempt: int = Field(description="Attempts started so far (1 on the first)")
     model: str
-    provider: str
+    provider: ProviderName
     usage: RunUsage = Field(description="Every attempt's provider calls, each counted once")
     metadata: dict[str, Any]
     created_at: datetime
@@ -152,3 +152,144 @@ def run_fields(run: Run | RunRow) -> dict[str, Any]:
 def run_json(run: Run | RunRow) -> dict[str, Any]:
     """The run object as JSON-ready data (stream `end` events, replayed responses)."""
     return RunOut.model_validate(run).model_dump(mode="json")
+
+
+# The events of GET …/runs/{run_id}/events (API.md "Streaming"); the WebSocket sends the same.
+class StatusEvent(BaseModel):
+    model_config = examples({"status": "running", "attempt": 1})
+    status: RunStatus
+    attempt: int | None = Field(None, description="On `running`: the attempt that started")
+
+
+class DeltaEvent(BaseModel):
+    model_config = examples({"text": "echo: hel"})
+    text: str = Field(description="The next piece of the output")
+
+
+class UsageEvent(BaseModel):
+    model_config = examples(
+        {"input_tokens": 12, "output_tokens": 40, "total_tokens": 52, "cost_usd": 0.00066}
+    )
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    cost_usd: float
+
+
+class ToolCallEvent(BaseModel):
+    model_config = examples(
+        {"id": "call_1", "name": "search", "arguments": {"q": "agentry"}, "executor": "server"}
+    )
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    executor: Literal["server", "client"]
+
+
+class ToolResultEvent(BaseModel):
+    model_config = examples({"tool_call_id": "call_1", "output": "3 results", "is_error": False})
+    tool_call_id: str
+    output: str
+    is_error: bool
+
+
+class RequiredToolCall(BaseModel):
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+class RequiresActionEvent(BaseModel):
+    model_config = examples(
+        {
+            "type": "submit_tool_outputs",
+            "tool_calls": [{"id": "call_2", "name": "open_ticket", "arguments": {"id": 42}}],
+            "expires_at": "2026-01-01T00:10:00Z",
+        }
+    )
+    type: Literal["submit_tool_outputs", "approve_tool_calls"]
+    tool_calls: list[RequiredToolCall]
+    expires_at: datetime
+
+
+RUN_EVENTS: dict[str, type[BaseModel]] = {
+    "status": StatusEvent,
+    "delta": DeltaEvent,
+    "usage": UsageEvent,
+    "tool_call": ToolCallEvent,
+    "tool_result": ToolResultEvent,
+    "requires_action": RequiresActionEvent,
+    "end": RunOut,
+}
+EVENT_ID = r"^\d{1,20}-\d{1,20}$"
+
+
+def _sse_event(name: str, model: type[BaseModel]) -> dict[str, Any]:
+    data = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {
+        "type": "object",
+        "title": f"{name} event",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"const": name},
+            "id": {"type": "string", "pattern": EVENT_ID},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": data,
+                "description": f"JSON: {model.__name__}",
+            },
+        },
+    }
+
+
+EVENT_STREAM_RESPONSE = {
+    "description": "The run's events; each `data:` is one JSON object, per `event:` name",
+    "content": {
+        "text/event-stream": {
+            "schema": {"oneOf": [_sse_event(name, model) for name, model in RUN_EVENTS.items()]},
+            "example": (
+                'id: 1712345678901-0\nevent: status\ndata: {"status": "queued"}\n\n'
+                'id: 1712345678950-0\nevent: delta\ndata: {"text": "echo: hel"}\n\n'
+            ),
+        }
+    },
+}
+
+
+# The WebSocket at …/agents/{agent_id}/ws: a client sends RunCreate messages; the server
+# answers each with its run's events (RUN_EVENTS), or an `error` event.
+class WsError(BaseModel):
+    code: ErrorCode
+    message: str
+
+
+class WsEvent(BaseModel):
+    model_config = examples(
+        {
+            "event": "delta",
+            "id": "1712345678950-0",
+            "data": {"text": "echo: hel"},
+            "run_id": "0d6f3c8e-8a55-4c51-9a3e-5b3f4c1c2d7a",
+        },
+        {"event": "error", "id": None, "data": {"code": "rate_limited", "message": "Too many"}},
+    )
+    event: Literal[
+        "status", "delta", "usage", "tool_call", "tool_result", "requires_action", "end", "error"
+    ]
+    id: str | None = Field(description="The event's id in the run's stream; null on `error`")
+    data: (
+        StatusEvent
+        | DeltaEvent
+        | UsageEvent
+        | ToolCallEvent
+        | ToolResultEvent
+        | RequiresActionEvent
+        | RunOut
+        | WsError
+    ) = Field(description="As the SSE event of the same name; WsError on `error`")
+    run_id: uuid.UUID | None = Field(None, description="The run the event belongs to")
+
+
+# (what a client sends, what the server sends)
+WEBSOCKET_MESSAGES: tuple[type[BaseModel], type[BaseModel]] = (RunCreate, WsEvent)

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import ColumnElement, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.agent_types.models import AgentType
 from backend.agents.models import Agent, AgentStatus
 from backend.audit import service as audit
-from backend.core.db import after_commit
+from backend.core.db import after_commit, paginate
 from backend.core.errors import InvalidTransition, NotFound
 from backend.core.schemas import PageParams
 from backend.projects.dependencies import ProjectContext
 from backend.runs import dispatch, pipeline, streams
+from backend.runs import metrics as runs_metrics
 from backend.runs import state as run_state
 from backend.runs.models import FINISHED, Run, RunStatus
 from backend.runs.pipeline import Conclusion
@@ -123,15 +125,8 @@ async def list_runs(
         where.append(Run.agent_id == agent_id)
     if status is not None:
         where.append(Run.status == status.value)
-    total = await session.scalar(select(func.count()).select_from(Run).where(*where)) or 0
-    rows = await session.scalars(
-        select(Run)
-        .where(*where)
-        .order_by(Run.created_at.desc(), Run.id.desc())
-        .offset(paging.offset)
-        .limit(paging.limit)
-    )
-    return list(rows), total
+    query = select(Run).where(*where).order_by(Run.created_at.desc(), Run.id.desc())
+    return await paginate(session, query, paging)
 
 
 async def cancel(session: AsyncSession, ctx: ProjectContext, run_id: uuid.UUID) -> Run:
@@ -172,7 +167,7 @@ async def cancel_live_runs(
 ) -> int:
     """Cancel the queued and running runs of an agent (terminate) or a project (deletion), in
     the caller's transaction."""
-    where = [Run.status.in_([s.value for s in _LIVE])]
+    where: list[ColumnElement[bool]] = [Run.status.in_([s.value for s in _LIVE])]
     where += [Run.agent_id == agent_id] if agent_id else [Run.project_id == project_id]
     error = {"code": "cancelled", "message": reason[:300]}
     jobs = [
@@ -186,7 +181,7 @@ async def _cancel(session: AsyncSession, jobs: list[dict[str, Any]]) -> list[Any
     """The worker's `cancelled` conclusion for these runs (usage counted, agent freed unless
     paused or terminated); after commit: the running ones' jobs aborted, the freed agents'
     next runs enqueued, the final events published. The rows it moved."""
-    rows = [row for row in await pipeline.conclude_in(session, Conclusion.cancelled, jobs)]
+    rows = await pipeline.conclude_in(session, Conclusion.cancelled, jobs)
     moved = [row for row in rows if row.moved]
     if not moved:
         return []
@@ -201,14 +196,21 @@ async def _cancel(session: AsyncSession, jobs: list[dict[str, Any]]) -> list[Any
     for row in moved:
         run = runs[row.id]
         if row.from_status == RunStatus.running:
-            run_id, attempt = run.id, run.attempt - 1  # its job id carries the pre-claim count
-            dispatch.later(session, lambda d, r=run_id, a=attempt: d.abort(r, a))
+            # Its job id carries the pre-claim attempt count.
+            dispatch.later(session, _abort(run.id, run.attempt - 1))
         if row.released and row.next_id is not None:
-            next_id, next_attempt = row.next_id, row.next_attempt
-            dispatch.later(session, lambda d, r=next_id, a=next_attempt: d.enqueue(r, a))
+            dispatch.later(session, _enqueue(row.next_id, row.next_attempt))
         notify_end(session, run)
         observe_end(session, run)
     return moved
+
+
+def _abort(run_id: uuid.UUID, attempt: int) -> Callable[[dispatch.Dispatcher], Awaitable[Any]]:
+    return lambda d: d.abort(run_id, attempt)
+
+
+def _enqueue(run_id: uuid.UUID, attempt: int) -> Callable[[dispatch.Dispatcher], Awaitable[Any]]:
+    return lambda d: d.enqueue(run_id, attempt)
 
 
 def observe_end(session: AsyncSession, run: Run) -> None:
@@ -216,7 +218,8 @@ def observe_end(session: AsyncSession, run: Run) -> None:
     status, started_at, finished_at = run.status, run.started_at, run.finished_at
 
     async def observe() -> None:
-        usage.observe_finished(status, started_at, finished_at)
+        if finished_at is not None:
+            runs_metrics.observe_finished(status, started_at, finished_at)
 
     after_commit(session, observe)
 

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -300,3 +301,52 @@ def _missing_history(run: Run, cursor: tuple[int, int], delivered: bool) -> list
     if history:
         return history
     return [Event(_next_id(cursor), END, run_json(run))]
+
+
+_STREAM_MATCH = "agentry:run:*:events"
+_SCAN_BATCH = 500
+
+
+async def purge_run_streams(
+    session: AsyncSession, redis: Redis, *, before: datetime, orphan_idle: timedelta
+) -> int:
+    """DEL the event streams of runs finished before ``before``; SCAN, so no key list is kept."""
+    idle_limit = int(orphan_idle.total_seconds())
+    removed = 0
+    batch: list[tuple[str, uuid.UUID]] = []
+    async for raw in redis.scan_iter(match=_STREAM_MATCH, count=_SCAN_BATCH):
+        key = raw.decode() if isinstance(raw, bytes) else raw
+        try:
+            batch.append((key, uuid.UUID(key.split(":")[2])))
+        except ValueError:
+            continue  # not ours
+        if len(batch) >= _SCAN_BATCH:
+            removed += await _purge_batch(session, redis, batch, before, idle_limit)
+            batch = []
+    if batch:
+        removed += await _purge_batch(session, redis, batch, before, idle_limit)
+    return removed
+
+
+async def _purge_batch(
+    session: AsyncSession,
+    redis: Redis,
+    batch: list[tuple[str, uuid.UUID]],
+    before: datetime,
+    idle_limit: int,
+) -> int:
+    rows = await session.execute(
+        select(Run.id, Run.status, Run.finished_at).where(Run.id.in_([r for _, r in batch]))
+    )
+    runs = {run_id: (status, finished_at) for run_id, status, finished_at in rows}
+    await session.rollback()  # read-only: no transaction held across Redis calls
+    doomed = []
+    for key, run_id in batch:
+        if run_id in runs:
+            status, finished_at = runs[run_id]
+            if status in FINISHED and finished_at is not None and finished_at < before:
+                doomed.append(key)
+        elif (await redis.object("idletime", key) or 0) >= idle_limit:
+            # No such run (its project was purged, or the key is a leftover): idle long enough.
+            doomed.append(key)
+    return int(await redis.delete(*doomed)) if doomed else 0

@@ -40,10 +40,10 @@ from backend.core.errors import is_connection_error
 from backend.core.logging import innermost_frame
 from backend.runs import dispatch, executor, pipeline, streams
 from backend.runs import service as runs_service
-from backend.runs.executor import WorkerState
+from backend.runs.attempt import WorkerState
+from backend.runs.metrics import WORKER_KEY_PREFIX
 from backend.runs.models import Run, RunStatus
 from backend.runs.pipeline import Conclusion
-from backend.usage.service import WORKER_KEY_PREFIX
 
 log = structlog.get_logger()
 
@@ -187,6 +187,7 @@ async def sweep_runs(ctx: dict[str, Any]) -> int:
         )
         rows = (await session.execute(heads)).all()
         now = await session.scalar(select(func.now()))
+    assert now is not None
     w.sweep_after = rows[-1].agent_id if len(rows) == SWEEP_BATCH else None
     enqueued = 0
     for _, run_id, attempt, updated_at in rows:

@@ -1,4 +1,4 @@
-"""Read side of usage: project metrics and admin metrics, from pre-aggregated rollups.
+"""Read side of usage: project metrics and usage totals, from pre-aggregated rollups.
 
 Project metrics scan only the project's hourly rollup rows in the window (primary key
 ``(project_id, bucket, …)``), in one statement (GROUPING SETS): their cost grows with hours ×
@@ -15,20 +15,18 @@ calls whose model has no price. When every call of a group is unpriced, ``cost_u
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from redis.asyncio import Redis
 from sqlalchemy import Row, func, literal_column, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.agents.models import Agent
 from backend.core.db import utcnow
 from backend.projects.models import Project
-from backend.runs.models import Run, RunStatus
 from backend.usage.models import UsageRollup as R
-from backend.usage.service import WORKER_KEY_PREFIX, budget_state
+from backend.usage.service import budget_state
 
 Granularity = Literal["hour", "day"]
 STATUSES = ("succeeded", "failed", "cancelled", "timed_out")
@@ -42,7 +40,7 @@ def _sums() -> list[Any]:
 
 def _usage(row: Any) -> dict[str, Any]:
     """A group's counters as the API shows them (see the module docstring for cost_usd)."""
-    out = {name: int(getattr(row, name)) for name in ("runs", *STATUSES, "calls", *_TOKENS)}
+    out: dict[str, Any] = {n: int(getattr(row, n)) for n in ("runs", *STATUSES, "calls", *_TOKENS)}
     out["total_tokens"] = sum(out[name] for name in _TOKENS)
     unknown = int(row.unknown_cost_calls)
     out["cost_unknown_calls"] = unknown
@@ -137,27 +135,6 @@ async def _budget(session: AsyncSession, project: Project, now: datetime) -> dic
     }
 
 
-async def runs_by_status(session: AsyncSession) -> dict[str, int]:
-    """Live statuses from the runs table (partial index), finished ones from the rollups."""
-    live = dict(
-        (
-            await session.execute(
-                select(Run.status, func.count())
-                .where(Run.status.in_([RunStatus.queued, RunStatus.running]))
-                .group_by(Run.status)
-            )
-        ).all()
-    )
-    finished = (
-        await session.execute(
-            select(*(func.coalesce(func.sum(getattr(R, s)), 0).label(s) for s in STATUSES))
-        )
-    ).one()
-    counts = {"queued": live.get("queued", 0), "running": live.get("running", 0)}
-    counts.update({name: int(getattr(finished, name)) for name in STATUSES})
-    return counts
-
-
 async def usage_totals(session: AsyncSession) -> dict[str, Any]:
     """Usage over every project, deleted ones included."""
     row = (await session.execute(select(*_sums()))).one()
@@ -169,59 +146,11 @@ async def usage_by_model(session: AsyncSession) -> list[Row[Any]]:
     return list((await session.execute(query)).all())
 
 
-async def run_durations(session: AsyncSession, *, now: datetime | None = None) -> dict[str, Any]:
-    """p50 / p95 of (finished_at - started_at) over runs finished in the hour before ``now``."""
-    now = now or utcnow()
-    seconds = func.extract("epoch", Run.finished_at - Run.started_at)
+async def finished_runs(session: AsyncSession) -> dict[str, int]:
+    """Runs that ended, by final status, over every project (from the rollups)."""
     row = (
         await session.execute(
-            select(
-                func.count(),
-                func.percentile_cont(0.5).within_group(seconds),
-                func.percentile_cont(0.95).within_group(seconds),
-            ).where(
-                Run.finished_at >= now - timedelta(hours=1),
-                Run.finished_at <= now,
-                Run.started_at.is_not(None),
-            )
+            select(*(func.coalesce(func.sum(getattr(R, s)), 0).label(s) for s in STATUSES))
         )
     ).one()
-    count, p50, p95 = row
-    return {
-        "window_seconds": 3600,
-        "count": count,
-        "p50_seconds": None if p50 is None else round(float(p50), 3),
-        "p95_seconds": None if p95 is None else round(float(p95), 3),
-    }
-
-
-async def queue_depth(redis: Redis, queue_name: str) -> int | None:
-    """Jobs waiting in the ARQ queue (a sorted set); None when Redis does not answer."""
-    try:
-        return int(await redis.zcard(queue_name))
-    except Exception:  # noqa: BLE001 - Redis down: metrics still answer, from Postgres
-        return None
-
-
-async def workers_alive(redis: Redis) -> list[str] | None:
-    """Ids of workers whose heartbeat key has not expired; None when Redis does not answer."""
-    try:
-        keys = [k async for k in redis.scan_iter(match=f"{WORKER_KEY_PREFIX}*", count=500)]
-    except Exception:  # noqa: BLE001 - see queue_depth
-        return None
-    return sorted(
-        (k.decode() if isinstance(k, bytes) else k).removeprefix(WORKER_KEY_PREFIX) for k in keys
-    )
-
-
-async def admin_metrics(
-    session: AsyncSession, redis: Redis, queue_name: str, *, now: datetime | None = None
-) -> dict[str, Any]:
-    workers = await workers_alive(redis)
-    return {
-        "queue_depth": await queue_depth(redis, queue_name),
-        "runs_by_status": await runs_by_status(session),
-        "run_duration_last_hour": await run_durations(session, now=now),
-        "workers": {"alive": None if workers is None else len(workers), "ids": workers},
-        "usage": await usage_totals(session),
-    }
+    return {name: int(getattr(row, name)) for name in STATUSES}

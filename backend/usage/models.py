@@ -4,11 +4,10 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, Index, Numeric, String, text
+from sqlalchemy import BigInteger, Numeric, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from backend.core.db import Base
-from backend.runs.models import ProviderCall, Run
 
 
 class UsageRollup(Base):
@@ -39,23 +38,3 @@ class UsageRollup(Base):
     cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_usd: Mapped[Decimal] = mapped_column(Numeric(20, 10), default=Decimal(0))
     unknown_cost_calls: Mapped[int] = mapped_column(default=0)
-
-
-# Indexes on the runs domain's tables that only the usage domain's queries need; declared here
-# so backend/runs/models.py stays the runs team's.
-
-# A call is recorded once per (run, attempt, provider, model): a duplicate is not counted twice.
-Index(
-    "uq_provider_calls_run_attempt_model",
-    ProviderCall.run_id,
-    ProviderCall.attempt,
-    ProviderCall.provider,
-    ProviderCall.model,
-    unique=True,
-)
-# Admin metrics: run durations over the last hour.
-Index(
-    "ix_runs_finished_at",
-    Run.finished_at,
-    postgresql_where=text("finished_at IS NOT NULL"),
-)

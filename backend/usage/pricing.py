@@ -53,7 +53,7 @@ from genai_prices import types as gp_types
 from genai_prices.data_snapshot import DataSnapshot
 from genai_prices.update_prices import UpdatePrices
 
-from backend.runs.providers.base import Usage
+from backend.usage.tokens import Usage
 
 __all__ = ["PRICES_VERSION", "Price", "price_call", "to_money"]
 
@@ -229,5 +229,5 @@ def _refuse_network_update(*_args: object, **_kwargs: object) -> NoReturn:
 
 
 # start() (also behind `with UpdatePrices()`) launches the download thread; fetch() is the download.
-UpdatePrices.start = _refuse_network_update  # type: ignore[method-assign,assignment]
-UpdatePrices.fetch = _refuse_network_update  # type: ignore[method-assign,assignment]
+UpdatePrices.start = _refuse_network_update  # type: ignore[method-assign]
+UpdatePrices.fetch = _refuse_network_update  # type: ignore[method-assign]

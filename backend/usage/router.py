@@ -2,14 +2,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
-from backend.auth.dependencies import SuperuserSession, rate_limit
+from backend.auth.dependencies import rate_limit
 from backend.core.db import Session
 from backend.core.schemas import error_responses
 from backend.projects.dependencies import MetricsReader
 from backend.usage import metrics
-from backend.usage.schemas import AdminMetrics, MetricsQuery, ProjectMetrics
+from backend.usage.schemas import MetricsQuery, ProjectMetrics
 
 router = APIRouter()
 
@@ -35,16 +35,3 @@ async def project_metrics(
     return await metrics.project_metrics(
         session, ctx.project, start=query.start, end=query.end, granularity=query.granularity
     )
-
-
-@router.get(
-    "/admin/metrics",
-    response_model=AdminMetrics,
-    operation_id="get_admin_metrics",
-    summary="Queue depth, runs by status, run durations, live workers, usage totals (superuser)",
-    responses=error_responses(401, 403, 422, 429),
-    dependencies=[rate_limit("metrics.admin", "30/minute")],
-)
-async def admin_metrics(principal: SuperuserSession, session: Session, request: Request):
-    state = request.app.state
-    return await metrics.admin_metrics(session, state.redis, state.settings.QUEUE_NAME)

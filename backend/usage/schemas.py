@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
+from backend.agent_types.models import ProviderName
 from backend.core.schemas import Money, Schema
 
 UNKNOWN_HELP = (
@@ -14,25 +16,29 @@ UNKNOWN_HELP = (
 )
 
 
+def _iso_only(value: Any) -> Any:
+    # pydantic would read "1700000000" as a Unix time; the documented form is ISO 8601 only.
+    if isinstance(value, str) and not re.match(r"^\d{4}-\d{2}-\d{2}T", value):
+        raise ValueError("must be an ISO 8601 date-time with a timezone")
+    return value
+
+
+Instant = Annotated[AwareDatetime, BeforeValidator(_iso_only)]
+
+
 class MetricsQuery(BaseModel):
     """Query of GET /projects/{id}/metrics (validated: garbage answers 422)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    start: AwareDatetime | None = Field(
+    start: Instant | None = Field(
         None,
         alias="from",
         description="Include hourly buckets starting at or after this instant (default: all time)",
     )
-    end: AwareDatetime | None = Field(
+    end: Instant | None = Field(
         None, alias="to", description="Include hourly buckets starting before this instant"
     )
     granularity: Literal["hour", "day"] = Field("day", description="Series bucket size (UTC)")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> MetricsQuery:
-        if self.start is not None and self.end is not None and self.start >= self.end:
-            raise ValueError("'from' must be before 'to'")
-        return self
 
 
 class UsageCounts(Schema):
@@ -60,7 +66,7 @@ class AgentUsage(UsageCounts):
 
 
 class ModelUsage(UsageCounts):
-    provider: str
+    provider: ProviderName
     model: str
     runs: int = Field(description="Finished runs whose final call used this model")
     calls: int
@@ -90,7 +96,7 @@ class Window(BaseModel):
 
 
 _USAGE_EXAMPLE = {"runs": 3, "total_tokens": 5400, "cost_usd": 0.0342, "cost_unknown_calls": 0}
-_PROJECT_METRICS_EXAMPLE = {
+_PROJECT_METRICS_EXAMPLE: dict[str, Any] = {
     "window": {"from": "2026-11-01T00:00:00Z", "to": None, "granularity": "day"},
     "totals": {
         **_USAGE_EXAMPLE,

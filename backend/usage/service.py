@@ -27,47 +27,28 @@ from decimal import Decimal
 from typing import Any
 
 import structlog
-from prometheus_client import Histogram
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.core.db import utcnow
 from backend.core.errors import BudgetExceeded
 from backend.projects.models import Project
-from backend.runs.providers.base import Usage
 from backend.usage.pricing import price_call, to_money
+from backend.usage.tokens import Usage
 from backend.webhooks import outbox
 
 log = structlog.get_logger()
-
-# Redis keys shared with the runs domain.
-WORKER_KEY_PREFIX = "agentry:workers:"  # + worker id; written by each worker with a TTL
-RUN_EVENTS_KEY = "agentry:run:{run_id}:events"  # a run's event stream
 
 _COST_SCALE = Decimal("1e-10")  # the NUMERIC(20, 10) columns' scale
 _TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 _ROLLUP_KEY = ["project_id", "bucket", "agent_id", "provider", "model"]
 _ROLLUP_TOKENS = "u.input_tokens + u.output_tokens + u.cache_read_tokens + u.cache_write_tokens"
 
-RUN_DURATION = Histogram(
-    "agentry_run_duration_seconds",
-    "Run duration (started to finished), observed after the finishing transaction commits",
-    ["status"],
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
-)
-
 
 def hour_bucket(at: datetime) -> datetime:
     """The UTC hour a moment falls in; naive datetimes are taken as UTC."""
     at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
     return at.replace(minute=0, second=0, microsecond=0)
-
-
-def observe_finished(status: str, started_at: datetime | None, finished_at: datetime) -> None:
-    """RUN_DURATION of a run whose finishing transaction has committed."""
-    if started_at is not None:
-        seconds = max((finished_at - started_at).total_seconds(), 0.0)
-        RUN_DURATION.labels(status).observe(seconds)
 
 
 # The budget rule, once: a project's committed usage in the UTC calendar month of `now` against

@@ -13,10 +13,12 @@ from backend.webhooks import service
 from backend.webhooks.models import DeliveryStatus
 from backend.webhooks.schemas import (
     DeliveryOut,
+    RedeliveryQueued,
     WebhookCreate,
     WebhookCreated,
     WebhookOut,
     WebhookSecret,
+    WebhookTestSent,
     WebhookUpdate,
 )
 
@@ -111,6 +113,7 @@ async def rotate_webhook_secret(
 
 @router.post(
     "/{webhook_id}/test",
+    response_model=WebhookTestSent,
     status_code=status.HTTP_202_ACCEPTED,
     operation_id="test_webhook",
     summary="Send a webhook.test event to this endpoint (whatever events it subscribes to)",
@@ -144,6 +147,7 @@ async def list_webhook_deliveries(
 
 @router.post(
     "/{webhook_id}/deliveries/{delivery_id}/redeliver",
+    response_model=RedeliveryQueued,
     status_code=status.HTTP_202_ACCEPTED,
     operation_id="redeliver_webhook",
     summary="Attempt a delivery again now (the same event: the same webhook-id)",

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import text
+from sqlalchemy import CursorResult, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.config import Settings
@@ -59,7 +59,8 @@ async def purge_events(ctx: dict[str, Any], *, now: datetime | None = None) -> i
     total = 0
     while True:
         async with sessionmaker() as session, session.begin():
-            deleted = (await session.execute(_PURGE, params)).rowcount or 0
+            result = await session.execute(_PURGE, params)
+            deleted = cast("CursorResult[Any]", result).rowcount or 0
         total += deleted
         if deleted < _BATCH:
             break

@@ -43,8 +43,9 @@ async def _addresses(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
-async def check(url: str, *, allow_private: bool) -> None:
-    """Raise UrlRefused unless `url` may receive webhooks (resolving its host)."""
+async def check(url: str, *, allow_private: bool, resolved: bool = True) -> None:
+    """Raise UrlRefused unless `url` may receive webhooks (resolving its host); `resolved`:
+    a host that does not resolve is refused too (at delivery), else let through (at create)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UrlRefused("must be an http(s) URL with a host")
@@ -59,6 +60,8 @@ async def check(url: str, *, allow_private: bool) -> None:
     try:
         addresses = await _addresses(parts.hostname, port)
     except (OSError, TimeoutError):
+        if not resolved:
+            return  # not resolvable now: each delivery attempt checks it again
         raise UrlRefused(f"host {parts.hostname} does not resolve") from None
     if not addresses or any(_private(address) for address in addresses):
         raise UrlRefused("resolves to a private, loopback or link-local address")
@@ -67,6 +70,6 @@ async def check(url: str, *, allow_private: bool) -> None:
 async def validate(url: str, *, allow_private: bool) -> None:
     """`check` for a request body: 422 on the `url` field."""
     try:
-        await check(url, allow_private=allow_private)
+        await check(url, allow_private=allow_private, resolved=False)
     except UrlRefused as exc:
         raise ValidationFailed(f"url {exc}", field="url") from None

@@ -152,9 +152,15 @@ async def test_patch_fields_and_atomicity_with_status(client, auth, agents):
     r = await client.patch(url, json={}, headers=owner.headers)
     assert r.status_code == 200
     assert r.json()["status"] == "working"
-    for bad in ({"name": None}, {"status": None}, {"short_term_memory": None}, {"x": 1}):
+    for bad in ({"name": None}, {"status": None}, {"x": 1}):
         r = await client.patch(url, json=bad, headers=owner.headers)
         assert r.status_code == 422, bad
+    r = await client.patch(url, json={"short_term_memory": {"k": 1}}, headers=owner.headers)
+    assert r.json()["short_term_memory"] == {"k": 1}
+    # The schema allows null here: it clears the memory.
+    r = await client.patch(url, json={"short_term_memory": None}, headers=owner.headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["short_term_memory"] == {}
     r = await client.patch(
         f"{base(project)}/{uuid.uuid4()}", json={"name": "x"}, headers=owner.headers
     )

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from backend.agents.models import AgentEvent
 from backend.config import Settings
-from backend.runs import dispatch, executor, pipeline
+from backend.runs import attempt, dispatch, executor, pipeline
 from backend.runs.models import ProviderCall, Run
 from backend.worker import run_worker
 from tests.conftest import make_settings
@@ -130,7 +130,7 @@ async def _ghost_claim(world: World, app, run_id: str) -> None:
     """Claim a run for a worker that then 'dies': it never heartbeats or finishes."""
     settings = app.state.settings.model_copy(update={"DB_POOL_SIZE": 1})
     db = await pipeline.Pipeline.connect(settings, "ghost:0:dead")
-    ghost = executor.WorkerState(
+    ghost = attempt.WorkerState(
         app.state.sessionmaker,
         dispatch.of(app.state.sessionmaker()),  # type: ignore[arg-type]
         settings,

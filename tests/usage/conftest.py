@@ -22,8 +22,8 @@ from backend.projects.models import Project
 from backend.runs import pipeline
 from backend.runs.models import ProviderCall, Run, RunStatus
 from backend.runs.pipeline import Conclusion
-from backend.runs.providers.base import Usage
 from backend.usage import service
+from backend.usage.tokens import Usage
 from tests.support.auth import Actor, Auth
 
 OVERRIDE = {"input_per_mtok_usd": "2", "output_per_mtok_usd": "8"}

@@ -19,9 +19,9 @@ import pytest
 from genai_prices import data_snapshot
 from genai_prices.update_prices import UpdatePrices
 
-from backend.runs.providers.base import Usage
 from backend.usage import pricing
 from backend.usage.pricing import PRICES_VERSION, Price, price_call, to_money
+from backend.usage.tokens import Usage
 
 M = Decimal(1_000_000)
 VERSION = "0.2.3"

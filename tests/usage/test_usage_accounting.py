@@ -10,8 +10,8 @@ from sqlalchemy import func, select
 
 from backend.agents.models import Agent
 from backend.runs.models import ProviderCall, Run, RunStatus
-from backend.runs.providers.base import Usage
 from backend.usage.models import UsageRollup
+from backend.usage.tokens import Usage
 from tests.usage.conftest import OVERRIDE, World, finish, record_call
 
 M = Decimal(1_000_000)

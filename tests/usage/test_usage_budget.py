@@ -13,8 +13,8 @@ from backend.agents.models import Agent
 from backend.core.errors import BudgetExceeded
 from backend.projects.models import Project
 from backend.runs.models import Run
-from backend.runs.providers.base import Usage
 from backend.usage import service
+from backend.usage.tokens import Usage
 from tests.usage.conftest import World, record_call, wait_for_lock_waiters
 
 AT = datetime(2026, 3, 14, 12, tzinfo=UTC)

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from backend.core.db import utcnow
 from backend.runs.models import Run
-from backend.runs.providers.base import Usage
+from backend.usage.tokens import Usage
 from tests.usage.conftest import World, record_call
 
 MICRO = {"input_per_mtok_usd": "1", "output_per_mtok_usd": "1"}  # 1 token = $0.000001

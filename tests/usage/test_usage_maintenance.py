@@ -10,11 +10,12 @@ from sqlalchemy import func, select, update
 from backend.auth.models import RefreshToken
 from backend.core.db import create_sessionmaker, utcnow
 from backend.core.idempotency import IdempotencyKey
+from backend.maintenance import maintenance
 from backend.runs.models import Run, RunStatus
-from backend.runs.providers.base import Usage
+from backend.runs.streams import purge_run_streams
 from backend.usage import metrics
 from backend.usage.models import UsageRollup
-from backend.usage.tasks import maintenance, purge_run_streams
+from backend.usage.tokens import Usage
 from tests.usage.conftest import OVERRIDE, World, finish, record_call
 
 

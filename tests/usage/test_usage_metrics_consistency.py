@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.agents.models import Agent
 from backend.runs.models import FINISHED, ProviderCall, Run, RunStatus
-from backend.runs.providers.base import Usage
 from backend.usage import metrics
+from backend.usage.tokens import Usage
 from tests.usage.conftest import OVERRIDE, World, finish, record_call
 
 START = datetime(2026, 5, 31, 22, 10, tzinfo=UTC)  # spans a day (and month) boundary

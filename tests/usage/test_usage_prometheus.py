@@ -7,10 +7,10 @@ from datetime import timedelta
 
 from prometheus_client import REGISTRY
 
+from backend import prometheus
 from backend.core.db import commit, utcnow
 from backend.runs.models import RunStatus
-from backend.runs.providers.base import Usage
-from backend.usage import prometheus
+from backend.usage.tokens import Usage
 from tests.usage.conftest import OVERRIDE, World, finish, record_call
 
 

@@ -11,7 +11,7 @@ and served by a custom collector:
 - ``agentry_queue_depth``, ``agentry_workers_alive``: from Redis;
 - ``agentry_run_duration_last_hour_seconds{quantile}``: p50/p95 over the last hour.
 
-``agentry_run_duration_seconds`` (a histogram, backend.usage.service) is observed by the
+``agentry_run_duration_seconds`` (a histogram, backend.runs.metrics) is observed by the
 process that finishes a run, after its transaction commits.
 """
 
@@ -28,7 +28,9 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from backend.usage import metrics
+from backend import admin
+from backend.runs import metrics as runs_metrics
+from backend.usage import metrics as usage_metrics
 
 log = structlog.get_logger()
 
@@ -58,12 +60,14 @@ class UsageCollector(Collector):
         try:
             async with state.sessionmaker() as session:
                 snapshot = Snapshot(
-                    runs=await metrics.runs_by_status(session),
-                    by_model=await metrics.usage_by_model(session),
-                    durations=await metrics.run_durations(session),
+                    runs=await admin.runs_by_status(session),
+                    by_model=await usage_metrics.usage_by_model(session),
+                    durations=await runs_metrics.run_durations(session),
                 )
-            snapshot.queue_depth = await metrics.queue_depth(state.redis, state.settings.QUEUE_NAME)
-            workers = await metrics.workers_alive(state.redis)
+            snapshot.queue_depth = await runs_metrics.queue_depth(
+                state.redis, state.settings.QUEUE_NAME
+            )
+            workers = await runs_metrics.workers_alive(state.redis)
             snapshot.workers = None if workers is None else len(workers)
         except Exception:  # noqa: BLE001 - a scrape must not fail because Postgres is down
             log.warning("usage_metrics_refresh_failed", exc_info=True)
