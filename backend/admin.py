@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.audit import service as audit_service
@@ -16,6 +15,7 @@ from backend.audit.schemas import AuditEntry
 from backend.auth.dependencies import SuperuserSession, rate_limit
 from backend.core.db import Session
 from backend.core.schemas import Page, Paging, error_responses
+from backend.queue.jobs import Redis
 from backend.runs import metrics as runs_metrics
 from backend.usage import metrics as usage_metrics
 from backend.usage.schemas import AdminMetrics

@@ -12,7 +12,6 @@ from typing import Any
 import structlog
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from arq.connections import ArqRedis
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -27,6 +26,7 @@ from backend.core.logging import configure_logging
 from backend.core.middleware import RequestContextMiddleware
 from backend.core.ratelimit import RateLimiter
 from backend.ops import router as ops_router
+from backend.queue import jobs as queue_jobs
 
 log = structlog.get_logger()
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_overflow=settings.DB_MAX_OVERFLOW,
         )
         # Lazy connections: the API starts (and CRUD works) while Redis is down.
-        redis = ArqRedis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+        redis = queue_jobs.connect(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
         limiter = RateLimiter(
             settings.REDIS_URL,
             enabled=settings.RATE_LIMIT_ENABLED,

@@ -22,16 +22,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from arq.connections import ArqRedis
-from arq.constants import abort_jobs_ss, job_key_prefix, result_key_prefix
-from arq.jobs import serialize_job
-from arq.utils import timestamp_ms
-from redis.commands.core import AsyncScript
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.config import Settings
 from backend.core.db import after_commit
+from backend.queue.jobs import Jobs, Redis
 from backend.runs import streams
 from backend.runs.models import Run, RunStatus
 
@@ -39,13 +35,6 @@ log = structlog.get_logger()
 
 EXECUTE_RUN = "execute_run"
 _INFO_KEY = "runs.dispatcher"
-# KEYS: the job key, its result key, the queue; ARGV: expiry ms, job record, score, job id.
-_ENQUEUE = """
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-return 1
-"""
 
 
 def job_id(run_id: uuid.UUID | str, attempt: int) -> str:
@@ -55,40 +44,25 @@ def job_id(run_id: uuid.UUID | str, attempt: int) -> str:
 class Dispatcher:
     """What a process (API or worker) needs to hand runs to workers and tell readers about them."""
 
-    def __init__(self, redis: ArqRedis, settings: Settings) -> None:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
+        self.jobs = Jobs(redis, settings.QUEUE_NAME)
         self.events = streams.Publisher(redis, settings)
         # Called after a job due now was queued (a worker's own poll loop takes it at once).
         self.on_enqueue: Callable[[], None] | None = None
-        self._script: AsyncScript | None = None
 
     async def enqueue(self, run_id: uuid.UUID, attempt: int, *, defer: float | None = None) -> bool:
-        """True when a new job was queued; False when that attempt's job already exists.
-
-        What ArqRedis.enqueue_job does (the same job record, score and expiry, refused while
-        the job or its result exists), as one script: one round trip instead of three.
-        """
-        jid = job_id(run_id, attempt)
-        now = timestamp_ms()
-        score = now + (round(defer * 1000) if defer else 0)
-        expires = score - now + self.redis.expires_extra_ms
-        job = serialize_job(EXECUTE_RUN, (str(run_id), attempt), {}, None, now)
-        keys = [job_key_prefix + jid, result_key_prefix + jid, self.settings.QUEUE_NAME]
-        queued = bool(await self._enqueue(keys=keys, args=[expires, job, score, jid]))
+        """True when a new job was queued; False when that attempt's job already exists."""
+        args = (str(run_id), attempt)
+        queued = await self.jobs.enqueue(EXECUTE_RUN, args, job_id(run_id, attempt), defer=defer)
         if queued and not defer and self.on_enqueue is not None:
             self.on_enqueue()
         return queued
 
-    @property
-    def _enqueue(self) -> AsyncScript:
-        if self._script is None:
-            self._script = self.redis.register_script(_ENQUEUE)
-        return self._script
-
     async def abort(self, run_id: uuid.UUID, attempt: int) -> None:
-        """Ask the worker running that attempt to stop it (ARQ's abort set, seen each poll)."""
-        await self.redis.zadd(abort_jobs_ss, {job_id(run_id, attempt): timestamp_ms()})
+        """Ask the worker running that attempt to stop it (seen at its next poll)."""
+        await self.jobs.abort(job_id(run_id, attempt))
 
     async def publish(
         self, run_id: uuid.UUID, events: list[tuple[str, dict[str, Any]]], *, final: bool = False

@@ -8,11 +8,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import Histogram
-from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.core.db import utcnow
+from backend.queue.jobs import Jobs, Redis
 from backend.runs.models import Run, RunStatus
 
 WORKER_KEY_PREFIX = "agentry:workers:"  # + worker id; written by each worker with a TTL
@@ -75,7 +75,7 @@ async def run_durations(session: AsyncSession, *, now: datetime | None = None) -
 async def queue_depth(redis: Redis, queue_name: str) -> int | None:
     """Jobs waiting in the ARQ queue (a sorted set); None when Redis does not answer."""
     try:
-        return int(await redis.zcard(queue_name))
+        return await Jobs(redis, queue_name).depth()
     except Exception:  # noqa: BLE001 - Redis down: metrics still answer, from Postgres
         return None
 

@@ -26,8 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from arq.constants import abort_jobs_ss
-from arq.utils import timestamp_ms
 from redis.exceptions import RedisError
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import distinct_on
@@ -194,9 +192,7 @@ async def sweep_runs(ctx: dict[str, Any]) -> int:
         if updated_at > now - SWEEP_MIN_AGE:
             continue
         enqueued += await w.dispatcher.enqueue(run_id, attempt)
-    await w.dispatcher.redis.zremrangebyscore(
-        abort_jobs_ss, "-inf", timestamp_ms() - ABORT_MAX_AGE_MS
-    )
+    await w.dispatcher.jobs.prune_aborts(ABORT_MAX_AGE_MS)
     if enqueued:
         log.info("runs_swept", enqueued=enqueued)
     return enqueued

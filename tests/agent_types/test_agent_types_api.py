@@ -128,7 +128,7 @@ async def test_inactive_types_are_hidden_and_refused(client, auth):
     r = await client.post(
         agents_url, json={"agent_type_id": inactive["id"], "name": "a"}, headers=owner.headers
     )
-    assert r.status_code == 409  # a state conflict: the body itself is valid
+    assert r.status_code == 422  # API.md: an inactive type is refused at spawn (422)
     assert r.json()["error"]["field"] == "agent_type_id"
     r = await client.patch(f"{URL}/{inactive['id']}", json={"is_active": True}, headers=su.headers)
     assert r.status_code == 200
