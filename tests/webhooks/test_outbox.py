@@ -90,7 +90,7 @@ async def test_a_thousand_events_keep_per_agent_order_while_another_endpoint_is_
 
 
 async def test_budget_exhausted_is_sent_once_a_month_per_limit(
-    world: World, hooks: Hooks, receivers, worker
+    world: World, hooks: Hooks, receivers, worker_settings: Settings
 ) -> None:
     receiver = await receivers()
     hook = await hooks.create(receiver.url, ["budget.exhausted"])
@@ -100,10 +100,15 @@ async def test_budget_exhausted_is_sent_once_a_month_per_limit(
         )
     agent_type = await world.agent_type()
     agents = [await world.agent(agent_type) for _ in range(3)]
+    # Submitted before any is accounted (a submit after the limit is reached is a 402).
     runs = [await world.submit(agent, "one two three four five six") for agent in agents]
-    for run in runs:
-        await world.finished(run["id"])
-    await hooks.settled(hook["id"], 1)
+    worker = await run_worker(worker_settings)
+    try:
+        finished = [await world.finished(run["id"]) for run in runs]
+        await hooks.settled(hook["id"], 1)
+    finally:
+        await worker.close()
+    assert "succeeded" in {run["status"] for run in finished}
     [event] = receiver.events()
     assert event["type"] == "budget.exhausted"
     data = event["data"]
