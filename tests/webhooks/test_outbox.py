@@ -8,6 +8,7 @@ import asyncio
 import signal
 import socket
 from collections import defaultdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import func, select, update
@@ -16,10 +17,13 @@ from backend.agents import state as agent_state
 from backend.agents.models import AgentStatus
 from backend.config import Settings
 from backend.projects.models import Project
+from backend.runs.models import Run
+from backend.usage.tokens import Usage
 from backend.webhooks.models import WebhookDelivery, WebhookEvent
 from backend.worker import run_worker
 from tests.runs.conftest import World, eventually
 from tests.runs.test_worker_survival import _spawn_worker
+from tests.usage.conftest import record_call
 from tests.webhooks.conftest import WEBHOOKS_FAST, Hooks
 from tests.webhooks.receiver import HANG
 from tests.webhooks.test_delivery import churn
@@ -157,3 +161,44 @@ async def test_an_event_whose_worker_was_killed_mid_delivery_is_delivered(
 async def _received(receiver, n: int) -> bool:
     await asyncio.sleep(0)
     return len(receiver.requests) >= n
+
+
+async def test_budget_exhausted_is_written_once_per_month_and_limit(
+    world: World, hooks: Hooks
+) -> None:
+    await hooks.create("http://127.0.0.1:9/hook", ["budget.exhausted"])
+    async with world.sessions() as session, session.begin():
+        await session.execute(
+            update(Project).where(Project.id == world.project.id).values(monthly_token_limit=5)
+        )
+    agent = await world.agent()
+    december, january = datetime(2026, 12, 5, tzinfo=UTC), datetime(2027, 1, 5, tzinfo=UTC)
+    months = [december] * 3 + [january] * 2  # 3, 6 (reached), 9 tokens; then 3, 6 (reached)
+    for attempt, at in enumerate(months, start=1):
+        async with world.sessions() as session, session.begin():
+            run = Run(
+                project_id=world.project.id,
+                agent_id=agent.id,
+                input="x",
+                provider="fake",
+                model="fake-1",
+            )
+            session.add(run)
+            await session.flush()
+            await record_call(
+                session,
+                run,
+                attempt=attempt,
+                provider="fake",
+                model="fake-1",
+                usage=Usage(input_tokens=1, output_tokens=2),
+                succeeded=True,
+                at=at,
+            )
+    async with world.sessions() as session:
+        events = list(await session.scalars(select(WebhookEvent).order_by(WebhookEvent.seq)))
+    assert [(e.type, e.payload["limit"], e.payload["month_tokens"]) for e in events] == [
+        ("budget.exhausted", "tokens", 6),
+        ("budget.exhausted", "tokens", 6),
+    ]
+    assert [e.created_at for e in events] == [months[1], months[4]]
