@@ -116,10 +116,13 @@ class Settings(BaseSettings):
     WEBHOOK_TIMEOUT_SECONDS: float = Field(10.0, gt=0, le=60)
     # Deliveries in flight per worker, and per endpoint per worker (a slow endpoint takes only
     # its share).
-    WEBHOOK_MAX_IN_FLIGHT: int = Field(64, ge=1)
-    WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT: int = Field(8, ge=1)
+    WEBHOOK_MAX_IN_FLIGHT: int = Field(256, ge=1)
+    WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT: int = Field(16, ge=1)
     # How often an idle worker looks for due deliveries (event-to-delivery latency).
-    WEBHOOK_POLL_SECONDS: float = Field(0.1, gt=0, le=10)
+    WEBHOOK_POLL_SECONDS: float = Field(0.05, gt=0, le=10)
+    # False: this worker delivers no webhooks (its runs still write their events); other
+    # workers deliver them.
+    WEBHOOK_DELIVERY_ENABLED: bool = True
     # Maintenance deletes events this many days old once no delivery of them is pending.
     WEBHOOK_EVENT_RETENTION_DAYS: int = Field(7, ge=1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from prometheus_client import REGISTRY
@@ -11,6 +12,7 @@ from backend.core.db import utcnow
 from backend.webhooks import metrics
 from backend.webhooks.models import WebhookDelivery, WebhookEvent
 from backend.webhooks.tasks import purge_events
+from backend.worker import run_worker
 from tests.runs.conftest import World
 from tests.webhooks.conftest import Hooks
 
@@ -68,3 +70,25 @@ async def test_retention_deletes_old_settled_events_only(
     async with world.sessions() as session:
         left = list(await session.scalars(select(WebhookDelivery.status)))
     assert sorted(left) == ["pending", "succeeded"]
+
+
+async def test_a_worker_with_delivery_disabled_writes_events_and_another_delivers_them(
+    world: World, hooks: Hooks, receivers, worker_settings
+) -> None:
+    receiver = await receivers()
+    hook = await hooks.create(receiver.url, ["run.status_changed"])
+    agent = await world.agent()
+    quiet = await run_worker(worker_settings.model_copy(update={"WEBHOOK_DELIVERY_ENABLED": False}))
+    try:
+        await world.finished((await world.submit(agent))["id"])
+        await asyncio.sleep(0.3)  # several polls of an enabled worker
+        assert receiver.requests == []
+        assert len(await hooks.deliveries(hook["id"])) == 3
+    finally:
+        await quiet.close()
+    delivering = await run_worker(worker_settings)
+    try:
+        await hooks.settled(hook["id"], 3)
+    finally:
+        await delivering.close()
+    assert len(receiver.requests) == 3
