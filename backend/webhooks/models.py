@@ -73,15 +73,10 @@ class WebhookDelivery(IdMixin, Base):
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
         CheckConstraint(check_in("status", DeliveryStatus), name="status"),
-        Index("ix_webhook_deliveries_endpoint_id_created_at", "endpoint_id", "created_at"),
+        # An endpoint's deliveries, newest first (GET …/deliveries).
+        Index("ix_webhook_deliveries_endpoint_id_seq", "endpoint_id", "seq"),
         Index("ix_webhook_deliveries_event_id", "event_id"),
-        # The delivery loop's scan: only pending rows.
-        Index(
-            "ix_webhook_deliveries_due",
-            "next_attempt_at",
-            postgresql_where=text("status = 'pending'"),
-        ),
-        # "No earlier pending delivery of this key to this endpoint" (per-key order).
+        # The delivery loop reads the pending rows only: each key's oldest is its head.
         Index(
             "ix_webhook_deliveries_pending_key",
             "endpoint_id",

@@ -66,8 +66,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['event_id'], ['webhook_events.id'], name=op.f('fk_webhook_deliveries_event_id_webhook_events'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_webhook_deliveries'))
     )
-    op.create_index('ix_webhook_deliveries_due', 'webhook_deliveries', ['next_attempt_at'], unique=False, postgresql_where=sa.text("status = 'pending'"))
-    op.create_index('ix_webhook_deliveries_endpoint_id_created_at', 'webhook_deliveries', ['endpoint_id', 'created_at'], unique=False)
+    op.create_index('ix_webhook_deliveries_endpoint_id_seq', 'webhook_deliveries', ['endpoint_id', 'seq'], unique=False)
     op.create_index('ix_webhook_deliveries_event_id', 'webhook_deliveries', ['event_id'], unique=False)
     op.create_index('ix_webhook_deliveries_pending_key', 'webhook_deliveries', ['endpoint_id', 'ordering_key', 'seq'], unique=False, postgresql_where=sa.text("status = 'pending'"))
 
@@ -75,8 +74,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index('ix_webhook_deliveries_pending_key', table_name='webhook_deliveries', postgresql_where=sa.text("status = 'pending'"))
     op.drop_index('ix_webhook_deliveries_event_id', table_name='webhook_deliveries')
-    op.drop_index('ix_webhook_deliveries_endpoint_id_created_at', table_name='webhook_deliveries')
-    op.drop_index('ix_webhook_deliveries_due', table_name='webhook_deliveries', postgresql_where=sa.text("status = 'pending'"))
+    op.drop_index('ix_webhook_deliveries_endpoint_id_seq', table_name='webhook_deliveries')
     op.drop_table('webhook_deliveries')
     op.drop_index('ix_webhook_events_created_at', table_name='webhook_events')
     op.drop_table('webhook_events')
