@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     # Deliveries in flight per worker, and per endpoint per worker (a slow endpoint takes only
     # its share).
     WEBHOOK_MAX_IN_FLIGHT: int = Field(256, ge=1)
-    WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT: int = Field(16, ge=1)
+    WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT: int = Field(32, ge=1)
     # How often an idle worker looks for due deliveries (event-to-delivery latency).
     WEBHOOK_POLL_SECONDS: float = Field(0.05, gt=0, le=10)
     # False: this worker delivers no webhooks (its runs still write their events); other

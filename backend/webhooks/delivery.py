@@ -107,6 +107,7 @@ WHERE id IN (SELECT endpoint_id FROM done WHERE disable)
 """
 )
 MAX_BATCH = 500
+TAKE_GAP_SECONDS = 0.01
 
 
 class Deliverer:
@@ -114,12 +115,9 @@ class Deliverer:
         self.sessions, self.settings = sessionmaker, settings
         self.engine = sessionmaker.kw["bind"]
         self.delays = settings.webhook_retry_delays
-        self.client = httpx.AsyncClient(
-            follow_redirects=False,
-            timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
-            limits=httpx.Limits(max_connections=settings.WEBHOOK_MAX_IN_FLIGHT),
-            trust_env=False,
-        )
+        # A connection pool per endpoint, as large as its share: httpx's pool does work per
+        # connection for every request it places, so one big shared pool costs far more CPU.
+        self.clients: dict[uuid.UUID, httpx.AsyncClient] = {}
         self.per_endpoint: Counter[uuid.UUID] = Counter()
         self.tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -140,7 +138,8 @@ class Deliverer:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)
-        await self.client.aclose()
+        for client in self.clients.values():
+            await client.aclose()
 
     async def _run(self) -> None:
         failures = 0
@@ -162,6 +161,9 @@ class Deliverer:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.WEBHOOK_POLL_SECONDS)
+            # Woken by an attempt that ended: the others ending meanwhile are taken together
+            # (one scan of the pending rows for many attempts, not one each).
+            await asyncio.sleep(TAKE_GAP_SECONDS)
 
     async def take(self) -> int:
         """Lease what is due (within this worker's limits) and start its attempts."""
@@ -258,7 +260,8 @@ class Deliverer:
             body, headers = self._request(row)
             if not self.settings.WEBHOOK_ALLOW_PRIVATE_URLS:
                 await urls.check(row["url"], allow_private=False)  # DNS may have changed
-            response = await self.client.post(row["url"], content=body, headers=headers)
+            client = self._client(row["endpoint_id"])
+            response = await client.post(row["url"], content=body, headers=headers)
         except urls.UrlRefused as exc:
             return None, f"url {exc}"
         except httpx.TimeoutException:
@@ -269,6 +272,18 @@ class Deliverer:
             log.exception("webhook_attempt_error", delivery_id=str(row["id"]))
             return None, f"internal error: {type(exc).__name__}"
         return response.status_code, None if response.is_success else f"HTTP {response.status_code}"
+
+    def _client(self, endpoint_id: uuid.UUID) -> httpx.AsyncClient:
+        client = self.clients.get(endpoint_id)
+        if client is None:
+            share = self.settings.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT
+            client = self.clients[endpoint_id] = httpx.AsyncClient(
+                follow_redirects=False,
+                timeout=self.settings.WEBHOOK_TIMEOUT_SECONDS,
+                limits=httpx.Limits(max_connections=share, max_keepalive_connections=share),
+                trust_env=False,
+            )
+        return client
 
     def _request(self, row: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
         data = outbox.render(row["payload"])
