@@ -14,6 +14,7 @@ HANG = "hang"  # read the request, never answer
 class Received:
     headers: dict[str, str]
     body: bytes
+    path: str = "/hook"
 
     @property
     def json(self) -> Any:
@@ -58,19 +59,22 @@ class Receiver:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")[1:]
+                request_line, *lines = head.decode("latin-1").split("\r\n")
                 headers = {
                     k.strip().lower(): v.strip()
                     for k, v in (line.split(":", 1) for line in lines if ":" in line)
                 }
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 answer = self.script.pop(0) if self.script else self.default
-                self.requests.append(Received(headers, body))
+                self.requests.append(Received(headers, body, request_line.split(" ")[1]))
                 if answer == HANG:
                     self._hung.append(writer)
                     await reader.read()  # until the client gives up
                     return
-                writer.write(f"HTTP/1.1 {answer} X\r\ncontent-length: 2\r\n\r\nok".encode())
+                # A redirect names somewhere else on this receiver (a follower would go there).
+                location = "location: /elsewhere\r\n" if 300 <= int(answer) < 400 else ""
+                head = f"HTTP/1.1 {answer} X\r\n{location}content-length: 2\r\n\r\n"
+                writer.write(head.encode() + b"ok")
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass

@@ -136,6 +136,15 @@ async def test_retries_end_failed_after_the_schedule(
     assert (await hooks.call("GET", f"/{hook['id']}/deliveries?status=succeeded"))["data"] == []
 
 
+async def test_redirects_are_not_followed(world: World, hooks: Hooks, receivers, worker) -> None:
+    receiver = await receivers(307)
+    hook = await hooks.create(receiver.url)
+    await _test_event(hooks, hook)
+    [delivery] = await hooks.settled(hook["id"], 1)
+    assert (delivery.status, delivery.attempts) == ("succeeded", 2)
+    assert [r.path for r in receiver.requests] == ["/hook", "/hook"]
+
+
 async def test_410_disables_the_endpoint(world: World, hooks: Hooks, receivers, worker) -> None:
     receiver = await receivers(410)
     hook = await hooks.create(receiver.url)
