@@ -5,10 +5,7 @@ budget reached by runs already queued, a large backlog swept fairly, and logs wi
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,7 +23,7 @@ from backend.projects.models import Project
 from backend.runs import dispatch, tasks
 from backend.runs.models import ProviderCall, Run
 from backend.worker import AgentryWorker, run_worker
-from tests.runs.conftest import FAST, World, eventually
+from tests.runs.conftest import World, eventually, spawn_worker_process
 from tests.support.apps import captured_logs, running_app
 from tests.support.proxy import Proxy
 
@@ -173,34 +170,15 @@ async def test_runs_queued_before_the_budget_was_spent_end_budget_exceeded(
     assert (row.status, row.tokens_used) == ("idle", runs[0]["usage"]["total_tokens"])
 
 
-def _spawn_worker(settings: Settings, log: Path, **env: object) -> subprocess.Popen:
-    values = {
-        **os.environ,
-        "ENVIRONMENT": "test",
-        "DATABASE_URL": settings.DATABASE_URL or "",
-        "REDIS_URL": settings.REDIS_URL or "",
-        "SECRET_KEY": settings.secret_key,
-        "QUEUE_NAME": settings.QUEUE_NAME,
-        "LOG_LEVEL": "WARNING",
-        **{name: str(value) for name, value in {**FAST, **env}.items()},
-    }
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "backend.cli", "worker"],
-            cwd=ROOT,
-            env=values,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
 @pytest.mark.slow
 async def test_a_job_whose_worker_died_before_claiming_is_taken_again_within_its_lease(
     world: World, app, worker_settings: Settings, workers, engine: AsyncEngine, tmp_path: Path
 ) -> None:
     agent = await world.agent()
     lease = 2
-    process = _spawn_worker(worker_settings, tmp_path / "worker.log", WORKER_LEASE_SECONDS=lease)
+    process = spawn_worker_process(
+        worker_settings, tmp_path / "worker.log", WORKER_LEASE_SECONDS=lease
+    )
     try:
         async with engine.connect() as holder:  # parks the worker's claim on the agent row
             await holder.execute(
