@@ -4,8 +4,8 @@ it — driven over HTTP only. The client logs in, spawns agents and submits runs
 API and polls each run with GET until it ends; no database shortcut.
 
 - throughput: `usershape_runs` no-op runs (`echo`, latency 0), one agent each, submitted 50 at
-  a time, each submitter polling its run until final; runs/s from the first submit to the last
-  run seen final (client clock);
+  a time, each submitter polling its run every 100 ms until final; runs/s from the first
+  submit to the last run seen final (client clock);
 - pickup: `pickups` runs, one at a time on an idle system; submit→running from the run
   object's `started_at - created_at`;
 - concurrency: `usershape_slow` one-second runs (`slow-echo`), one agent each, all submitted
@@ -31,7 +31,7 @@ from bench.report import table
 EMAIL, PASSWORD = "bench@example.com", "bench-user-shape-pass"
 FINAL = {"succeeded", "failed", "cancelled", "timed_out"}
 BATCH = 50  # submitters at once, as the peers' script does
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.1  # each submitter polls its run this often
 
 
 async def run(h: Harness) -> dict[str, Any]:

@@ -90,6 +90,25 @@ class Cron:
     run_at_startup: bool = False
 
 
+def _logged(coroutine: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """A cron that fails is logged by its class and place, then runs again at its next time:
+    arq would log the exception's text (SQL, parameters) and its stack."""
+
+    async def run(ctx: dict[str, Any]) -> Any:
+        try:
+            return await coroutine(ctx)
+        except Exception as exc:  # noqa: BLE001 - logged here, retried at the next occurrence
+            log.error(
+                "cron_failed",
+                cron=coroutine.__name__,
+                error_type=type(exc).__name__,
+                where=innermost_frame(exc.__traceback__),
+            )
+            return None
+
+    return run
+
+
 def options(
     *,
     jobs: list[Job],
@@ -119,7 +138,8 @@ def options(
         ],
         "cron_jobs": [
             cron(
-                c.coroutine,  # type: ignore[arg-type]
+                _logged(c.coroutine),  # type: ignore[arg-type]
+                name=f"cron:{c.coroutine.__name__}",
                 second=c.second,
                 minute=c.minute,
                 run_at_startup=c.run_at_startup,

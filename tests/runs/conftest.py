@@ -4,10 +4,14 @@ worker on the test's event loop, with short heartbeat/sweep/retry intervals."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -171,3 +175,25 @@ async def cronless_worker(worker_settings: Settings, clean: None) -> AsyncIterat
         yield started
     finally:
         await started.close()
+
+
+def spawn_worker_process(settings: Settings, log: Path, **env: object) -> subprocess.Popen:
+    """`agentry worker` in a process of its own (a test may SIGKILL it), with FAST intervals."""
+    values = {
+        **os.environ,
+        "ENVIRONMENT": "test",
+        "DATABASE_URL": settings.DATABASE_URL or "",
+        "REDIS_URL": settings.REDIS_URL or "",
+        "SECRET_KEY": settings.secret_key,
+        "QUEUE_NAME": settings.QUEUE_NAME,
+        "LOG_LEVEL": "WARNING",
+        **{name: str(value) for name, value in {**FAST, **env}.items()},
+    }
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "backend.cli", "worker"],
+            cwd=Path(__file__).resolve().parents[2],
+            env=values,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )

@@ -4,10 +4,7 @@ submit, and stale job re-deliveries."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +20,7 @@ from backend.runs import attempt, dispatch, executor, pipeline
 from backend.runs.models import ProviderCall, Run
 from backend.worker import run_worker
 from tests.conftest import make_settings
-from tests.runs.conftest import FAST, World, eventually
+from tests.runs.conftest import World, eventually, spawn_worker_process
 from tests.support.apps import closed_port_url, running_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,27 +41,6 @@ async def start_worker(worker_settings: Settings, clean: None) -> AsyncIterator[
         await worker.close()
 
 
-def _spawn_worker_process(settings: Settings, log: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "ENVIRONMENT": "test",
-        "DATABASE_URL": settings.DATABASE_URL or "",
-        "REDIS_URL": settings.REDIS_URL or "",
-        "SECRET_KEY": settings.secret_key,
-        "QUEUE_NAME": settings.QUEUE_NAME,
-        "LOG_LEVEL": "WARNING",
-        **{name: str(value) for name, value in FAST.items()},
-    }
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "backend.cli", "worker"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
 async def _run_row(world: World, run_id: str) -> Run:
     row = await world.db.scalar(
         select(Run).where(Run.id == run_id).execution_options(populate_existing=True)
@@ -82,7 +58,7 @@ async def test_sigkill_mid_run_is_retried_and_counted_once(
         timeout_seconds=timeout, max_retries=2, config={"latency_ms": 1500}
     )
     agent = await world.agent(agent_type)
-    process = _spawn_worker_process(settings, tmp_path / "worker.log")
+    process = spawn_worker_process(settings, tmp_path / "worker.log")
     try:
         run_id = (await world.submit(agent, "survive this"))["id"]
 

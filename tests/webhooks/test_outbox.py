@@ -21,8 +21,7 @@ from backend.runs.models import Run
 from backend.usage.tokens import Usage
 from backend.webhooks.models import WebhookDelivery, WebhookEvent
 from backend.worker import run_worker
-from tests.runs.conftest import World, eventually
-from tests.runs.test_worker_survival import _spawn_worker
+from tests.runs.conftest import World, eventually, spawn_worker_process
 from tests.usage.conftest import record_call
 from tests.webhooks.conftest import WEBHOOKS_FAST, Hooks
 from tests.webhooks.receiver import HANG
@@ -131,7 +130,7 @@ async def test_an_event_whose_worker_was_killed_mid_delivery_is_delivered(
     agent = await world.agent()
     env = {k: v for k, v in WEBHOOKS_FAST.items() if k.startswith("WEBHOOK_")}
     env["WEBHOOK_TIMEOUT_SECONDS"] = 5  # the attempt hangs until the kill
-    process = _spawn_worker(worker_settings, tmp_path / "worker.log", **env)
+    process = spawn_worker_process(worker_settings, tmp_path / "worker.log", **env)
     try:
         run = await world.submit(agent)  # the worker commits idle->working, working->idle
         await eventually(lambda: _received(receiver, 1), timeout=30)
