@@ -198,11 +198,17 @@ async def _cancel(session: AsyncSession, jobs: list[dict[str, Any]]) -> list[Any
         if row.from_status == RunStatus.running:
             # Its job id carries the pre-claim attempt count.
             dispatch.later(session, _abort(run.id, run.attempt - 1))
-        if row.released and row.next_id is not None:
-            dispatch.later(session, _enqueue(row.next_id, row.next_attempt))
-        notify_end(session, run)
-        observe_end(session, run)
+        after_end(session, run, row)
     return moved
+
+
+def after_end(session: AsyncSession, run: Run, row: Any) -> None:
+    """After the commit of a conclusion that ended `run` (its statement's `row`): the freed
+    agent's next run is enqueued, the final events published, the duration observed."""
+    if row.released and row.next_id is not None:
+        dispatch.later(session, _enqueue(row.next_id, row.next_attempt))
+    notify_end(session, run)
+    observe_end(session, run)
 
 
 def _abort(run_id: uuid.UUID, attempt: int) -> Callable[[dispatch.Dispatcher], Awaitable[Any]]:

@@ -272,11 +272,7 @@ async def reap_one(w: WorkerState, r: Any) -> int:
         else:
             run = await session.get(Run, r.id, populate_existing=True)
             assert run is not None
-            if rows[0].released and rows[0].next_id is not None:
-                next_id, next_attempt = rows[0].next_id, rows[0].next_attempt
-                dispatch.later(session, lambda d: d.enqueue(next_id, next_attempt))
-            runs_service.notify_end(session, run)
-            runs_service.observe_end(session, run)
+            runs_service.after_end(session, run, rows[0])
         await commit(session)
     log.warning("run_reaped", run_id=str(r.id), worker_id=r.worker_id, retried=retry)
     return 1
