@@ -56,6 +56,7 @@ class Call:
     usage: Usage
     succeeded: bool
     error: dict[str, str] | None = None
+    step: int = 0  # the model step's index within the run
 
 
 @dataclass

@@ -60,7 +60,9 @@ async def _run(w: WorkerState, state: Attempt, kind: C, **values: Any) -> Any:
         "j_provider": c.provider,
         **values,
     }
-    calls = [(call.model, call.usage, call.succeeded, call.error) for call in state.calls]
+    calls = [
+        (call.model, call.usage, call.succeeded, call.error, call.step) for call in state.calls
+    ]
     priced = usage.priced_calls(
         c.run_id, c.provider, calls, pricing_override=c.pricing, at=datetime.now(UTC)
     )

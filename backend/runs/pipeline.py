@@ -166,7 +166,7 @@ async def _transaction(conn: asyncpg.Connection, lock: str, stmt: Statement, par
 _CLAIM_JOBS = """
 job AS (SELECT * FROM unnest(:run_ids::uuid[], :attempts::int[]) AS j(run_id, j_attempt))"""
 # The runs each job may start: queued at the job's attempt, its agent's oldest queued run, and
-# none of the agent's runs running.
+# none of the agent's runs running or waiting for an action (it keeps the agent's turn).
 _CLAIMABLE = """
 claimable AS (
     SELECT ro.id, ro.agent_id FROM run_old ro
@@ -174,7 +174,7 @@ claimable AS (
         AND ro.seq = (SELECT min(q.seq) FROM runs q
             WHERE q.agent_id = ro.agent_id AND q.status = 'queued')
         AND NOT EXISTS (SELECT FROM runs b
-            WHERE b.agent_id = ro.agent_id AND b.status = 'running')
+            WHERE b.agent_id = ro.agent_id AND b.status IN ('running', 'requires_action'))
 )"""
 
 
@@ -271,9 +271,9 @@ conversation AS (
     ORDER BY rn.id, m.n
 )"""
 _MOVED_RUN_OF = "EXISTS (SELECT FROM run_new rn WHERE rn.agent_id = o.id AND rn.moved)"
-# No run of the agent is running but the ones this statement just ended.
+# No run of the agent is running (or waiting for an action) but the ones this statement ended.
 _NO_OTHER_RUNNING = """NOT EXISTS (SELECT FROM runs b
-            WHERE b.agent_id = o.id AND b.status = 'running'
+            WHERE b.agent_id = o.id AND b.status IN ('running', 'requires_action')
             AND NOT EXISTS (SELECT FROM run_new rn WHERE rn.id = b.id AND rn.moved))"""
 # An agent just freed: its oldest queued run is the next job to enqueue.
 _HEAD = """SELECT q.id, q.attempt FROM runs q
@@ -333,7 +333,7 @@ def _conclude_sql(kind: Conclusion) -> str:
     guards = {C.account: "false", C.cancelled: "true"}
     run_old, run_new = run_state.transition_ctes(
         _FINAL.get(kind, R.queued),
-        only_from={R.queued, R.running} if kind is C.cancelled else {R.running},
+        only_from={R.queued, R.running, R.requires_action} if kind is C.cancelled else {R.running},
         guard=guards.get(kind, _OURS),
         values=_run_values(kind),
         counters=usage.RUN_USAGE_SET,

@@ -32,7 +32,7 @@ from backend.runs.schemas import RunCreate
 from backend.usage import service as usage
 from backend.webhooks import outbox
 
-_LIVE = (RunStatus.queued, RunStatus.running)
+_LIVE = (RunStatus.queued, RunStatus.running, RunStatus.requires_action)
 _SUBMITTED = run_state.event_source(
     "(SELECT * FROM runs WHERE id = :run_id)",
     where="true",

@@ -27,8 +27,9 @@ from typing import Any
 
 import structlog
 from redis.exceptions import RedisError
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy.orm import aliased
 
 from backend.agent_types.models import AgentType
 from backend.agents.models import Agent, AgentStatus
@@ -165,6 +166,9 @@ async def _keep_runs(w: WorkerState) -> None:
             task.cancel()  # cancelled or recovered elsewhere: stop paying for it
 
 
+_busy = aliased(Run)
+
+
 async def sweep_runs(ctx: dict[str, Any]) -> int:
     """Enqueue the head run of up to SWEEP_BATCH agents that could start one, continuing after
     the last agent of the previous sweep (so every agent is swept, however large the backlog)."""
@@ -177,6 +181,11 @@ async def sweep_runs(ctx: dict[str, Any]) -> int:
             .where(
                 Run.status == RunStatus.queued.value,
                 Agent.status.in_([AgentStatus.idle.value, AgentStatus.waiting.value]),
+                # A run waiting for an action keeps its agent's turn: nothing to start.
+                ~exists().where(
+                    _busy.agent_id == Run.agent_id,
+                    _busy.status == RunStatus.requires_action.value,
+                ),
                 *([] if after is None else [Run.agent_id > after]),
             )
             .order_by(Run.agent_id, Run.seq)
