@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import structlog
+from mcp.server import Server
+from mcp_types import ListToolsResult, Tool
 
 from backend.core import logging as app_logging
-from backend.tools.demo_server import bind
+from backend.tools.demo_server import bind, serve_mcp
 from backend.tools.mcp import McpServer, McpTools, ServerTool
 from tests.tools.mcp_server import Recorded, serve_test_server, tool_names
 
@@ -328,3 +330,38 @@ async def test_aclose_ends_every_session(server: Recorded):
 
     held = [t for t in asyncio.all_tasks() if "_Session._hold" in repr(t.get_coro())]
     assert held == []
+
+
+async def test_a_listing_in_pages_is_read_whole(tools: McpTools):
+    def tool(name: str) -> Tool:
+        return Tool(name=name, description=name, input_schema={"type": "object"})
+
+    pages = {None: (["one", "two"], "p2"), "p2": (["three"], "p3"), "p3": (["four"], None)}
+
+    async def list_tools(ctx: object, params: object) -> ListToolsResult:
+        names, next_cursor = pages[getattr(params, "cursor", None)]
+        return ListToolsResult(tools=[tool(n) for n in names], next_cursor=next_cursor)
+
+    paged = Server("paged", on_list_tools=list_tools)
+    async with serve_mcp(paged.streamable_http_app()) as url:
+        offered = await tools.list_tools([McpServer("p", url)], timeout=TIMEOUT)
+
+    assert [t.offered_name for t in offered] == ["p__one", "p__two", "p__three", "p__four"]
+
+
+async def test_an_idle_session_is_closed(monkeypatch: pytest.MonkeyPatch, tools: McpTools):
+    monkeypatch.setattr("backend.tools.mcp._IDLE_SECONDS", 0.0)
+    async with serve_test_server(legacy=True) as old:
+        await tools.call(McpServer("a", old.url), "add", {"a": 1, "b": 1}, timeout=TIMEOUT)
+        assert old.count("initialize") == 1
+        assert [r.http_method for r in old.requests].count("DELETE") == 0
+
+        # Any later use of the client closes the sessions idle for longer than _IDLE_SECONDS.
+        await tools.call(McpServer("a", old.url, {"X": "other"}), "add", {"a": 1, "b": 1}, timeout=TIMEOUT)  # fmt: skip
+        for _ in range(100):  # the DELETE is sent by the closing session's task
+            if any(r.http_method == "DELETE" for r in old.requests):
+                break
+            await asyncio.sleep(0.05)
+
+        assert old.count("initialize") == 2
+        assert [r.http_method for r in old.requests].count("DELETE") == 1
