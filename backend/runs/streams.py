@@ -33,6 +33,7 @@ from backend.runs.schemas import RunRow, run_json
 log = structlog.get_logger()
 
 STATUS, DELTA, USAGE, END = "status", "delta", "usage", "end"
+TOOL_CALL, TOOL_RESULT, REQUIRES_ACTION = "tool_call", "tool_result", "requires_action"
 # An unfinished run's stream lives a day after its last event (a lost worker never ends it).
 LIVE_TTL_SECONDS = 86_400
 # While a stream is quiet, readers ask the database whether the run ended this often.
