@@ -4,18 +4,23 @@ budgets and max_steps between steps; the conversation carrying tool calls and re
 
 from __future__ import annotations
 
+import signal
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
 
+from backend.config import Settings
 from backend.projects.models import Project
 from backend.runs.models import ConversationMessage, ProviderCall, Run, RunStep
 from backend.tools.demo_server import serve_demo
-from tests.runs.conftest import World
+from backend.worker import run_worker
+from tests.runs.conftest import World, eventually, spawn_worker_process
 from tests.runs.test_runs_streaming import parse_sse, sse
+from tests.tools.mcp_server import serve_test_server
 
 LOOKUP = {"name": "lookup", "description": "Look a thing up", "input_schema": {"type": "object"}}
 
@@ -180,3 +185,86 @@ async def test_the_budget_is_checked_before_every_model_step(
     # the first model step (3 in, 10 out) crossed the limit; its tool step still ran
     assert run["usage"]["total_tokens"] == 13
     assert [s.kind for s in await _steps(world, run["id"])] == ["model", "tool"]
+
+
+async def test_slow_and_erroring_tools_give_error_results_and_the_run_goes_on(
+    world: World, worker
+) -> None:
+    async with serve_test_server() as server:
+        calls = [{"name": "test__slow"}, {"name": "test__boom"}, {"name": "test__rpc_error"}]
+        agent_type = await world.agent_type(
+            config={"script": [{"tool_calls": calls}]},
+            mcp_servers=[_server(server.url, name="test")],
+            tool_timeout_seconds=1,
+        )
+        agent = await world.agent(agent_type)
+        run = await world.finished((await world.submit(agent, "misbehave"))["id"], timeout=20)
+        server.release.set()
+
+    assert run["status"] == "succeeded", run["error"]
+    tools = [s for s in await _steps(world, run["id"]) if s.kind == "tool"]
+    assert [(s.name, s.is_error, s.status) for s in tools] == [
+        ("test__slow", True, "failed"),
+        ("test__boom", True, "failed"),
+        ("test__rpc_error", True, "failed"),
+    ]
+    assert "timed out" in tools[0].output
+    assert "boom" in tools[1].output
+    assert "quota exhausted" in tools[2].output
+    assert run["output"] == "echo: " + "\n".join(s.output for s in tools)
+
+
+@pytest.mark.slow
+async def test_a_worker_killed_mid_run_resumes_from_the_last_committed_step(
+    world: World, settings: Settings, worker_settings: Settings, tmp_path: Path
+) -> None:
+    async with serve_test_server() as server:
+        agent_type = await world.agent_type(
+            config={"script": [{"tool_calls": [{"name": "test__slow"}]}]},
+            mcp_servers=[_server(server.url, name="test")],
+            timeout_seconds=4,
+        )
+        agent = await world.agent(agent_type)
+        process = spawn_worker_process(settings, tmp_path / "worker.log")
+        try:
+            run_id = (await world.submit(agent, "survive"))["id"]
+
+            async def calling() -> bool:
+                return server.slow_started == 1
+
+            await eventually(calling, timeout=30)  # model step 0 committed, its tool in flight
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        survivor = await run_worker(worker_settings)  # its reaper retries, then it resumes
+        try:
+
+            async def repeated() -> bool:
+                return server.slow_started == 2
+
+            await eventually(repeated, timeout=15)  # only the step in flight is repeated
+            server.release.set()
+            run = await world.finished(run_id, timeout=15)
+        finally:
+            await survivor.close()
+
+    assert run["status"] == "succeeded", run["error"]
+    assert run["output"] == "echo: finally"
+    assert run["attempt"] == 2
+    steps = await _steps(world, run_id)
+    assert [(s.index, s.kind, s.attempt) for s in steps] == [
+        (0, "model", 1),
+        (1, "tool", 2),
+        (2, "model", 2),
+    ]
+    calls = (
+        await world.db.execute(
+            select(ProviderCall.step, ProviderCall.attempt).where(ProviderCall.run_id == run_id)
+        )
+    ).all()
+    assert sorted(calls) == [(0, 1), (2, 2)]  # no model step counted twice
+    row = await world.agent_row(agent)
+    assert row.tokens_used == await world.calls_tokens(agent) == run["usage"]["total_tokens"]
