@@ -4,6 +4,7 @@ budgets and max_steps between steps; the conversation carrying tool calls and re
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 from collections.abc import AsyncIterator
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import respx
+from pydantic import SecretStr
 from sqlalchemy import func, select, update
 
 from backend.config import Settings
@@ -19,6 +22,14 @@ from backend.runs.models import ConversationMessage, ProviderCall, Run, RunStep
 from backend.tools.demo_server import serve_demo
 from backend.worker import run_worker
 from tests.runs.conftest import World, eventually, spawn_worker_process
+from tests.runs.providers.conftest import OPENAI_URL  # registers respx's httpx2 mocker
+from tests.runs.providers.test_provider_openai import (
+    answer,
+    finish,
+    stream_response,
+    tool_delta,
+    tool_finish,
+)
 from tests.runs.test_runs_streaming import parse_sse, sse
 from tests.tools.mcp_server import serve_test_server
 
@@ -268,3 +279,65 @@ async def test_a_worker_killed_mid_run_resumes_from_the_last_committed_step(
     assert sorted(calls) == [(0, 1), (2, 2)]  # no model step counted twice
     row = await world.agent_row(agent)
     assert row.tokens_used == await world.calls_tokens(agent) == run["usage"]["total_tokens"]
+
+
+async def test_an_openai_agent_calls_a_tool_and_its_next_run_gets_the_exchange(
+    world: World, worker_settings: Settings, demo_url: str
+) -> None:
+    call = tool_delta(0, call_id="call_abc", name="demo__add", args='{"a": 2, ') + tool_delta(
+        0, args='"b": 3}'
+    )
+    api = respx.mock(using="httpx2", assert_all_called=True)
+    route = api.post(f"{OPENAI_URL}/chat/completions").mock(
+        side_effect=[
+            stream_response(call + tool_finish()),
+            stream_response(answer("It is 5.") + finish()),
+            stream_response(answer("Still 5.") + finish()),
+        ]
+    )
+    api.route(host="127.0.0.1").pass_through()  # the MCP server is real
+    agent_type = await world.agent_type(
+        provider="openai",
+        model="gpt-test-mini",
+        pricing={"input_per_mtok_usd": "1", "output_per_mtok_usd": "2"},
+        mcp_servers=[_server(demo_url)],
+    )
+    agent = await world.agent(agent_type)
+    settings = worker_settings.model_copy(
+        update={"OPENAI_BASE_URL": OPENAI_URL, "OPENAI_API_KEY": SecretStr("sk-test")}
+    )
+    with api:
+        worker = await run_worker(settings)
+        try:
+            first = await world.finished((await world.submit(agent, "2 + 3?"))["id"])
+            second = await world.finished((await world.submit(agent, "and now?"))["id"])
+        finally:
+            await worker.close()
+        bodies = [json.loads(c.request.content) for c in route.calls]  # reset on exit
+
+    assert (first["status"], first["output"]) == ("succeeded", "It is 5."), first["error"]
+    assert second["status"] == "succeeded"
+    offered = [t["function"]["name"] for t in bodies[0]["tools"]]
+    assert offered == ["demo__add", "demo__word_count"]
+    exchange = [
+        {"role": "user", "content": "2 + 3?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_abc",
+                    "type": "function",
+                    "function": {"name": "demo__add", "arguments": '{"a": 2, "b": 3}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_abc", "content": "5"},
+    ]
+    assert bodies[1]["messages"][1:] == exchange
+    # the next run's history: the first run's whole exchange, then its input
+    assert bodies[2]["messages"][1:] == [
+        *exchange,
+        {"role": "assistant", "content": "It is 5."},
+        {"role": "user", "content": "and now?"},
+    ]
