@@ -341,3 +341,46 @@ async def test_an_openai_agent_calls_a_tool_and_its_next_run_gets_the_exchange(
         {"role": "assistant", "content": "It is 5."},
         {"role": "user", "content": "and now?"},
     ]
+
+
+async def _status_of(world: World, run_id: str) -> str | None:
+    async with world.sessions() as session:
+        return await session.scalar(select(Run.status).where(Run.id == run_id))
+
+
+async def test_a_run_waiting_for_an_action_holds_no_worker_keeps_the_turn_and_expires(
+    world: World, worker
+) -> None:
+    lookup = {"tool_calls": [{"name": "lookup", "arguments": {"q": "x"}}]}
+    agent_type = await world.agent_type(
+        config={"script": [lookup]}, tools=[LOOKUP], action_timeout_seconds=1
+    )
+    agent = await world.agent(agent_type)
+    first = (await world.submit(agent, "ask"))["id"]
+    second = (await world.submit(agent, "next"))["id"]
+
+    async def waiting() -> bool:
+        return await _status_of(world, first) == "requires_action"
+
+    await eventually(waiting)
+    run = await world.db.scalar(
+        select(Run).where(Run.id == first).execution_options(populate_existing=True)
+    )
+    assert run is not None
+    assert run.worker_id is None
+    assert run.required_action is not None
+    assert run.required_action["type"] == "submit_tool_outputs"
+    assert [c["name"] for c in run.required_action["tool_calls"]] == ["lookup"]
+    assert (await world.agent_row(agent)).status == "waiting"
+    assert worker.ctx["runs"].held == set()  # no worker holds it
+    assert await _status_of(world, second) == "queued"  # it keeps its agent's turn
+
+    ended = await world.finished(first, timeout=10)  # the reaper expires it
+    assert ended["status"] == "failed"
+    assert ended["error"]["code"] == "action_expired"
+    await world.finished(second, timeout=10)  # it waits for its own answer, and expires too
+    first_ended = await world.db.scalar(select(Run.finished_at).where(Run.id == first))
+    second_started = await world.db.scalar(select(Run.started_at).where(Run.id == second))
+    assert first_ended is not None
+    assert second_started is not None
+    assert second_started >= first_ended  # only after the first one ended
