@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
+from agentry_client.aio import AsyncClient
 from sqlalchemy import func, select
 
 from backend.audit.models import AuditLog
@@ -450,3 +452,27 @@ async def test_steps_of_a_run_without_any_are_an_empty_page(world: World) -> Non
     assert (r.json()["data"], r.json()["pagination"]["total"]) == ([], 0)
     assert (await world.run(run["id"]))["steps"] == 0
     assert await world.db.scalar(select(func.count()).select_from(RunStep)) == 0
+
+
+async def test_the_python_client_speaks_these_endpoints(world: World, parker: Parker, app) -> None:
+    agent = await world.agent()
+    outputs = await parker.park(agent)
+    approvals = await parker.park(await world.agent(), kind="approve_tool_calls")
+    token = world.owner.headers["Authorization"].removeprefix("Bearer ")
+    project = str(world.project.id)
+
+    async with AsyncClient(
+        "http://test", token=token, transport=httpx.ASGITransport(app=app)
+    ) as client:
+        answered = await client.runs.submit_tool_outputs(
+            project, outputs["id"], [{"tool_call_id": "call_0_0", "output": "3"}]
+        )
+        decided = await client.runs.approve(
+            project, approvals["id"], [{"tool_call_id": "call_0_0", "approve": True}]
+        )
+        steps = [step async for step in client.runs.steps(project, outputs["id"])]
+
+    assert (answered.status, answered.steps, answered.required_action) == ("queued", 2, None)
+    assert decided.status == "queued"
+    assert [(s.index, s.kind, s.output) for s in steps] == [(0, "model", None), (1, "tool", "3")]
+    assert steps[0].usage["total_tokens"] == 0
