@@ -1,8 +1,12 @@
-"""`agentry dev` as a user runs it: embedded services, /ready, clean stop, restart on the same data."""
+"""`agentry dev` as a user runs it: embedded services, /ready, the demo MCP server, clean stop,
+restart on the same data."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
+import select
 import signal
 import socket
 import subprocess
@@ -14,6 +18,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+
+from backend.tools.mcp import McpServer, McpTools
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,6 +59,33 @@ def _wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float = 60) -
     pytest.fail("agentry dev did not become ready")
 
 
+def _demo_mcp_url(proc: subprocess.Popen[bytes], timeout: float = 60) -> str:
+    """The URL the banner gives for the demo MCP server (output read unbuffered: the rest is
+    left to communicate())."""
+    assert proc.stdout is not None
+    fd, seen = proc.stdout.fileno(), b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.5)[0]:
+            chunk = os.read(fd, 65536)
+            assert chunk, seen.decode()
+            seen += chunk
+            if found := re.search(rb"MCP demo: +(\S+)", seen):
+                return found[1].decode()
+    pytest.fail(f"no demo MCP server in the banner: {seen.decode()}")
+
+
+async def _demo_tools(url: str) -> tuple[set[str], str]:
+    tools = McpTools()
+    try:
+        demo = McpServer("demo", url)
+        offered = await tools.list_tools([demo], timeout=10)
+        added = await tools.call(demo, "add", {"a": 20, "b": 22}, timeout=10)
+        return {t.offered_name for t in offered}, added.output
+    finally:
+        await tools.aclose()
+
+
 def _servers_under(data_dir: Path) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline", "cwd"]):
@@ -77,7 +110,9 @@ def test_dev_serves_stops_cleanly_and_reuses_data(stop_signal: signal.Signals) -
     port = _free_port()
     proc = _start(data_dir, port)
     try:
+        demo_url = _demo_mcp_url(proc)
         _wait_ready(proc, port)
+        assert asyncio.run(_demo_tools(demo_url)) == ({"demo__add", "demo__word_count"}, "42")
         token = _login(port)
         r = httpx.post(
             f"http://127.0.0.1:{port}/api/v1/projects",
@@ -89,6 +124,8 @@ def test_dev_serves_stops_cleanly_and_reuses_data(stop_signal: signal.Signals) -
         output = proc.communicate(timeout=30)[0].decode()
         assert "Agentry stopped." in output
         assert _servers_under(data_dir) == []
+        with pytest.raises(ConnectionRefusedError):  # the demo server stopped with the rest
+            socket.create_connection(("127.0.0.1", int(demo_url.split(":")[2].split("/")[0])))
 
         proc = _start(data_dir, port)
         _wait_ready(proc, port)
