@@ -376,8 +376,22 @@ class AgentTypeOut(Schema):
             "timeout_seconds": 300,
             "max_retries": 3,
             "pricing": None,
-            "tools": [],
-            "mcp_servers": [],
+            "tools": [
+                {
+                    "name": "lookup",
+                    "description": "Look a customer up by email",
+                    "input_schema": {"type": "object", "properties": {"email": {"type": "string"}}},
+                }
+            ],
+            "mcp_servers": [
+                {
+                    "name": "demo",
+                    "url": "http://127.0.0.1:8765/mcp",
+                    "headers": {"Authorization": MASK},
+                    "allowed_tools": None,
+                    "require_approval": "never",
+                }
+            ],
             "max_steps": 16,
             "tool_timeout_seconds": 60,
             "action_timeout_seconds": 3600,

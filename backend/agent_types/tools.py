@@ -11,9 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
+from cryptography.fernet import InvalidToken
+
 from backend.agent_types.schemas import MASK, SEPARATOR, McpServer
 from backend.core import secrets
 from backend.core.errors import ValidationFailed
+
+log = structlog.get_logger()
 
 SECRETS_PURPOSE = "mcp-headers"
 
@@ -70,17 +75,20 @@ def store_servers(
 
 
 def mcp_servers_for_worker(stored: list[dict[str, Any]], secret_key: str) -> list[dict[str, Any]]:
-    """An agent type's `mcp_servers` as the worker uses them: headers in plain text."""
-    return [
-        server
-        | {
-            "headers": {
-                name: secrets.decrypt(token, secret_key, SECRETS_PURPOSE)
-                for name, token in server["headers"].items()
-            }
-        }
-        for server in stored
-    ]
+    """An agent type's `mcp_servers` as the worker uses them: headers in plain text. A header
+    that no longer decrypts (SECRET_KEY rotated) is left out and logged: the server then
+    refuses the calls, which the model sees as error results, rather than the run failing."""
+    return [server | {"headers": _plain(server, secret_key)} for server in stored]
+
+
+def _plain(server: dict[str, Any], secret_key: str) -> dict[str, str]:
+    headers = {}
+    for name, token in server["headers"].items():
+        try:
+            headers[name] = secrets.decrypt(token, secret_key, SECRETS_PURPOSE)
+        except InvalidToken:
+            log.warning("mcp_header_unreadable", server=server["name"], header=name)
+    return headers
 
 
 def _refuse(field: str, message: str) -> None:

@@ -212,3 +212,16 @@ async def test_the_fake_script_is_accepted_and_checked_by_the_provider(client, a
         r = await client.patch(one, json={"config": {"script": bad}}, headers=h)
         assert r.status_code == 422, (bad, r.text)
         assert r.json()["error"]["field"] == field, (bad, r.json()["error"])
+
+
+async def test_a_header_that_no_longer_decrypts_is_left_out_for_the_worker(
+    client, auth, db, settings
+) -> None:
+    h = (await auth.user(superuser=True)).headers
+    assert (await client.post(URL, json=spec(mcp_servers=[DEMO]), headers=h)).status_code == 201
+    row = await stored(db)
+
+    # As after a SECRET_KEY rotation: the server is still offered, without its headers.
+    [server] = mcp_servers_for_worker(row.mcp_servers, "another-secret-key-" + "y" * 32)
+
+    assert server == {**DEMO, "headers": {}}
