@@ -45,7 +45,7 @@ async def bootstrap(settings: Settings, *, seed: bool) -> None:
             if seed:
                 from backend.agent_types.seed import seed_fake_types
 
-                await seed_fake_types(session)
+                await seed_fake_types(session, demo_mcp_url=settings.DEMO_MCP_URL)
                 await session.commit()
     finally:
         await engine.dispose()

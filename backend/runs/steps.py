@@ -11,7 +11,11 @@ construction.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
+
+from backend.runs.providers.base import Message, ToolCall
 
 # The JSON keys of a step row in the `:steps` parameter (the table's columns but id).
 _COLUMNS: dict[str, str] = {
@@ -75,3 +79,70 @@ def row(run_id: Any, index: int, kind: str, status: str, attempt: int, **values:
             raise KeyError(name)
         data[name] = value.isoformat() if hasattr(value, "isoformat") else value
     return data
+
+
+@dataclass
+class Replay:
+    """What a run's committed steps say: the messages after its input (each model step's
+    answer, then its calls' results in call order), the model steps done, and the last model
+    step's calls still without a result (`pending`; `approved`: those approved, by id -> the
+    index of their `running` row)."""
+
+    messages: list[Message] = field(default_factory=list)
+    model_steps: int = 0
+    next_index: int = 0
+    pending: list[ToolCall] = field(default_factory=list)
+    approved: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def replay(rows: Iterable[dict[str, Any]]) -> Replay:
+    rows = sorted(rows, key=lambda r: r["index"])
+    results = {r["tool_call_id"]: r for r in rows if r["kind"] == "tool"}
+    out = Replay(next_index=rows[-1]["index"] + 1 if rows else 0)
+    for r in rows:
+        if r["kind"] != "model" or r["status"] != "succeeded":
+            continue
+        calls = [
+            ToolCall(c["id"], c["name"], c.get("arguments") or {}) for c in r["tool_calls"] or []
+        ]
+        out.messages.append(Message("assistant", r["text"] or "", tool_calls=tuple(calls)))
+        out.model_steps += 1
+        out.pending = []
+        for call in calls:
+            result = results.get(call.id)
+            if result is None or result["status"] == "running":
+                out.pending.append(call)
+                if result is not None:
+                    out.approved[call.id] = result
+                continue
+            out.messages.append(
+                Message(
+                    "tool",
+                    result["output"] or "",
+                    tool_call_id=call.id,
+                    is_error=bool(result["is_error"]),
+                )
+            )
+    return out
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    """A message as a conversation_messages row (the pipeline's j_messages)."""
+    calls = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in message.tool_calls]
+    return {
+        "role": message.role,
+        "content": message.content,
+        "tool_calls": calls or None,
+        "tool_call_id": message.tool_call_id,
+        "is_error": message.is_error,
+    }
+
+
+def message_of(
+    role: str, content: str, tool_calls: Any, tool_call_id: Any, is_error: Any
+) -> Message:
+    """A conversation_messages row as a provider message."""
+    calls = tuple(ToolCall(c["id"], c["name"], c.get("arguments") or {}) for c in tool_calls or [])
+    return Message(
+        role, content, tool_calls=calls, tool_call_id=tool_call_id, is_error=bool(is_error)
+    )

@@ -43,6 +43,7 @@ _COST_SCALE = Decimal("1e-10")  # the NUMERIC(20, 10) columns' scale
 _TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 _ROLLUP_KEY = ["project_id", "bucket", "agent_id", "provider", "model"]
 _ROLLUP_TOKENS = "u.input_tokens + u.output_tokens + u.cache_read_tokens + u.cache_write_tokens"
+_CALL_TOKENS = " + ".join(f"c.{name}" for name in _TOKEN_COLUMNS)
 
 
 def hour_bucket(at: datetime) -> datetime:
@@ -56,16 +57,23 @@ def hour_bucket(at: datetime) -> datetime:
 # worker's claim (backend/runs/pipeline.py) and the metrics. `project` and `now` are SQL
 # expressions. Projects without a budget give no row, so the month's sum is never computed
 # for them.
-def budget_sql(project: str, now: str) -> str:
+def budget_sql(project: str, now: str, *, with_calls: bool = False) -> str:
+    """`with_calls`: also count the calls the caller's statement inserts (its CTE `calls`),
+    which its own snapshot cannot see in the rollups yet."""
     month = f"date_trunc('month', {now} AT TIME ZONE 'UTC')"
+    cost, tokens = "0", "0"
+    if with_calls:
+        mine = "FROM calls c WHERE c.project_id = p.id"
+        cost = f"(SELECT coalesce(sum(c.cost_usd), 0) {mine})"
+        tokens = f"(SELECT coalesce(sum({_CALL_TOKENS}), 0) {mine})"
     return f"""(
     SELECT p.monthly_cost_limit_usd AS cost_limit, p.monthly_token_limit AS token_limit,
         s.cost AS month_cost, s.tokens AS month_tokens,
         coalesce(s.cost >= p.monthly_cost_limit_usd, false) AS cost_spent,
         coalesce(s.tokens >= p.monthly_token_limit, false) AS tokens_spent
     FROM projects p CROSS JOIN LATERAL (
-        SELECT coalesce(sum(u.cost_usd), 0) AS cost,
-            coalesce(sum({_ROLLUP_TOKENS}), 0)::bigint AS tokens
+        SELECT coalesce(sum(u.cost_usd), 0) + {cost} AS cost,
+            (coalesce(sum({_ROLLUP_TOKENS}), 0) + {tokens})::bigint AS tokens
         FROM usage_rollups u
         WHERE u.project_id = p.id AND u.bucket >= {month} AT TIME ZONE 'UTC'
             AND u.bucket < ({month} + interval '1 month') AT TIME ZONE 'UTC'
@@ -205,7 +213,6 @@ RUN_USAGE_SET = ",\n        ".join(
         "cost_unknown = r.cost_unknown OR coalesce(s.unknown, false)",
     ]
 )
-_CALL_TOKENS = " + ".join(f"c.{name}" for name in _TOKEN_COLUMNS)
 
 
 def agent_usage(finished: str | None) -> tuple[str, str]:
