@@ -1,60 +1,27 @@
-"""Runs parked in `requires_action` for API tests, through the worker's own code: the claim of
-backend/runs/pipeline.py (asyncpg), then a model step that asks for tool calls and parks the
-run (the state machines' and the steps' fragments), as the worker's step loop does."""
+"""Runs parked in `requires_action` for API tests, through the worker's own code
+(backend/runs/pipeline.py): its claim, then its `requires_action` conclusion with a model step
+that asked for tool calls (and that step's provider call), then the events the worker
+publishes after that commit."""
 
 from __future__ import annotations
 
-import json
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import text
-
-from backend.agents import state as agent_state
-from backend.agents.models import Agent, AgentStatus
-from backend.runs import state as run_state
+from backend.agents.models import Agent
 from backend.runs import steps, streams
-from backend.runs.models import RunStatus
-from backend.runs.pipeline import Pipeline
+from backend.runs.pipeline import Conclusion, Pipeline
+from backend.usage import service as usage
+from backend.usage.tokens import Usage
 
 if TYPE_CHECKING:
     from tests.runs.conftest import World
 
 WORKER = "test-worker"
-
-
-def _park_sql() -> str:
-    run_old, run_new = run_state.transition_ctes(
-        RunStatus.requires_action,
-        only_from={RunStatus.running},
-        guard="o.worker_id = o.j_worker",
-        values={
-            "required_action": "o.j_action",
-            "action_expires_at": "(o.j_action ->> 'expires_at')::timestamptz",
-            "worker_id": "NULL",
-            "heartbeat_at": "NULL",
-        },
-        counters=steps.STEPS_SET,
-        joins=steps.STEPS_JOIN,
-    )
-    agents = agent_state.transition_ctes(
-        AgentStatus.waiting,
-        agents="SELECT agent_id FROM run_old",
-        only_from={AgentStatus.working},
-        reason="'run requires action'",
-    )
-    job = """
-job AS (SELECT CAST(:run_id AS uuid) AS run_id, CAST(:worker AS text) AS j_worker,
-    CAST(:action AS jsonb) AS j_action)"""
-    ctes = [job, run_old, steps.insert_ctes(when="o.status = 'running'"), run_new, agents]
-    sql = f"WITH {','.join(ctes)}\nSELECT rn.moved FROM run_new rn"
-    return re.sub(r"(?<![:\w]):([a-z_]+)::([a-z]+)", r"CAST(:\1 AS \2)", sql)
-
-
-_PARK = text(_park_sql())
+# The parked model step's provider call.
+INPUT_TOKENS, OUTPUT_TOKENS = 5, 10
 
 
 @dataclass
@@ -79,8 +46,8 @@ class Parker:
         run = await self.world.run(run_id)
         claimed = await self.pipe.claim(uuid.UUID(run_id), run["attempt"])
         assert claimed is not None, "the run could not be claimed"
+        index, attempt = run["steps"], claimed["attempt"]
         calls = calls or [{"name": "lookup", "arguments": {"q": "gamma"}}]
-        index = run["steps"]
         tool_calls = [
             {"id": f"call_{index}_{i}", "name": c["name"], "arguments": c["arguments"]}
             for i, c in enumerate(calls)
@@ -96,7 +63,7 @@ class Parker:
             index,
             "model",
             "succeeded",
-            claimed["attempt"],
+            attempt,
             provider="fake",
             model="fake-echo",
             text="",
@@ -104,21 +71,23 @@ class Parker:
             started_at=now,
             finished_at=now,
         )
-        async with self.world.sessions() as session:
-            await session.execute(
-                text("SELECT FROM agents WHERE id = :id FOR UPDATE"), {"id": agent.id}
-            )
-            params = {
-                "run_id": run_id,
-                "worker": WORKER,
-                "action": json.dumps(action),
-                "steps": json.dumps([model_step]),
-            }
-            assert await session.scalar(_PARK, params)
-            await session.commit()
-        waiting = [
-            (streams.STATUS, {"status": "requires_action"}),
-            (streams.REQUIRES_ACTION, action),
-        ]
-        await self.publisher.publish(uuid.UUID(run_id), waiting)
+        spent = Usage(input_tokens=INPUT_TOKENS, output_tokens=OUTPUT_TOKENS)
+        priced = usage.priced_calls(
+            uuid.UUID(run_id), "fake", [("fake-echo", spent, True, None, index)], at=now
+        )
+        job = {
+            "run_id": run_id,
+            "agent_id": str(agent.id),
+            "j_worker": WORKER,
+            "j_attempt": attempt,
+            "j_provider": "fake",
+            "j_action": action,
+        }
+        parked = await self.pipe.conclude(Conclusion.requires_action, job, priced, [model_step])
+        assert parked is not None
+        assert parked["moved"]
+        waiting = [(streams.STATUS, {"status": "requires_action"})]
+        await self.publisher.publish(
+            uuid.UUID(run_id), [*waiting, (streams.REQUIRES_ACTION, action)]
+        )
         return await self.world.run(run_id)

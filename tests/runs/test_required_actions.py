@@ -18,7 +18,7 @@ from backend.runs.models import ProviderCall, RunStep
 from backend.runs.streams import events_key
 from tests.agents.conftest import count_statements
 from tests.runs.conftest import World
-from tests.runs.parking import Parker
+from tests.runs.parking import INPUT_TOKENS, OUTPUT_TOKENS, Parker
 
 OUTPUT = {"tool_outputs": [{"tool_call_id": "call_0_0", "output": "gamma is 3"}]}
 
@@ -63,6 +63,7 @@ async def test_a_waiting_run_shows_its_required_action_and_steps(
 
     assert run["status"] == "requires_action"
     assert run["steps"] == 1
+    assert run["usage"]["total_tokens"] == INPUT_TOKENS + OUTPUT_TOKENS  # its model step's
     action = run["required_action"]
     assert action["type"] == "submit_tool_outputs"
     assert action["tool_calls"] == [
@@ -371,25 +372,30 @@ async def test_steps_are_listed_oldest_first_with_model_usage_from_provider_call
 ) -> None:
     agent = await world.agent()
     run = await parker.park(agent, calls=[{"name": "lookup", "arguments": {}}] * 3)
-    # Two attempts' calls of model step 0 (a retried step counts both), and a fallback model.
-    for attempt, model, tokens, cost in [(1, "fake-echo", 5, "0.5"), (2, "fake-2", 7, None)]:
-        world.db.add(
-            ProviderCall(
-                run_id=run["id"],
-                project_id=world.project.id,
-                agent_id=agent.id,
-                attempt=attempt,
-                step=0,
-                provider="fake",
-                model=model,
-                succeeded=True,
-                input_tokens=tokens,
-                output_tokens=1,
-                cost_usd=cost,
-                price_source="test",
-            )
+    # The parked step's call (attempt 1), and a retried attempt's call of that step with a
+    # fallback model whose price is unknown: a step's usage is every attempt's.
+    world.db.add(
+        ProviderCall(
+            run_id=run["id"],
+            project_id=world.project.id,
+            agent_id=agent.id,
+            attempt=2,
+            step=0,
+            provider="fake",
+            model="fake-2",
+            succeeded=True,
+            input_tokens=7,
+            output_tokens=1,
+            cost_usd=None,
+            price_source="test",
         )
+    )
     await world.db.commit()
+    parked_cost = await world.db.scalar(
+        select(ProviderCall.cost_usd).where(
+            ProviderCall.run_id == run["id"], ProviderCall.attempt == 1
+        )
+    )
     answers = [{"tool_call_id": f"call_0_{i}", "output": str(i)} for i in range(3)]
     assert (await post(world, outputs_url(world, run["id"]), {"tool_outputs": answers})).is_success
 
@@ -421,12 +427,12 @@ async def test_steps_are_listed_oldest_first_with_model_usage_from_provider_call
     )
     assert [c["id"] for c in model["tool_calls"]] == ["call_0_0", "call_0_1", "call_0_2"]
     assert model["usage"] == {
-        "input_tokens": 12,
-        "output_tokens": 2,
+        "input_tokens": INPUT_TOKENS + 7,
+        "output_tokens": OUTPUT_TOKENS + 1,
         "cache_read_tokens": 0,
         "cache_write_tokens": 0,
-        "total_tokens": 14,
-        "cost_usd": 0.5,
+        "total_tokens": INPUT_TOKENS + OUTPUT_TOKENS + 8,
+        "cost_usd": float(parked_cost or 0),
         "cost_unknown": True,
     }
     assert all(s["usage"] is None and s["kind"] == "tool" for s in tools)
@@ -475,4 +481,4 @@ async def test_the_python_client_speaks_these_endpoints(world: World, parker: Pa
     assert (answered.status, answered.steps, answered.required_action) == ("queued", 2, None)
     assert decided.status == "queued"
     assert [(s.index, s.kind, s.output) for s in steps] == [(0, "model", None), (1, "tool", "3")]
-    assert steps[0].usage["total_tokens"] == 0
+    assert steps[0].usage["total_tokens"] == INPUT_TOKENS + OUTPUT_TOKENS

@@ -32,7 +32,7 @@ async def test_cancelling_a_waiting_run_frees_its_agent_for_the_next_run(
 
     assert r.status_code == 200, r.text
     cancelled = await world.run(run["id"])
-    assert cancelled["status"] == "cancelled"
+    assert (cancelled["status"], cancelled["required_action"]) == ("cancelled", None)
     assert cancelled["finished_at"] is not None
     assert (await world.agent_row(agent)).status == "idle"
     assert f"run:{following['id']}:0" in await queued_jobs(app)
@@ -96,7 +96,9 @@ async def test_pause_keeps_the_run_waiting_and_an_answer_waits_for_resume(
     finally:
         await worker.close()
     assert done["status"] == "succeeded"
+    assert done["output"] == "echo: gamma is 3"  # the model step after the tool step
     assert done["attempt"] == 2  # the resume after the answer is a claim
+    assert done["steps"] == 3
 
 
 # --- streams -----------------------------------------------------------------------------------
