@@ -90,9 +90,14 @@ async def answer(
             f"Run {run_id} is {run.status}{' and ' + waits if waits else ''}: it takes no"
             f" {field.replace('_', ' ')}"
         )
+    now = utcnow()
+    if run.action_expires_at is not None and run.action_expires_at <= now:
+        # Too late, even if the reaper has not ended it yet (it will: action_expired).
+        raise InvalidTransition(
+            f"Run {run_id}'s required action expired at {run.action_expires_at.isoformat()}"
+        )
     calls = action.get("tool_calls") or []
     answers = _matched(calls, body, field)
-    now = utcnow()
     rows = [
         _step(run, index, call, answers[call["id"]], ctx, waiting_since=run.updated_at, now=now)
         for index, call in enumerate(calls, start=run.steps)

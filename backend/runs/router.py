@@ -190,7 +190,8 @@ _ANSWER_ERR = {**_ERR, **error_responses(409)}
     description=(
         "Every pending call of `required_action` (type `submit_tool_outputs`) answered exactly "
         "once and no other id, else 422 (`field`: `tool_outputs`); 409 `invalid_transition` "
-        "when the run is not waiting for tool outputs. Honors `Idempotency-Key`."
+        "when the run is not waiting for tool outputs (or its action expired). Honors "
+        "`Idempotency-Key`."
     ),
     responses=_ANSWER_ERR,
     dependencies=[rate_limit("runs.tool_outputs", "60/minute")],
@@ -213,7 +214,7 @@ async def submit_tool_outputs(
     description=(
         "Every pending call of `required_action` (type `approve_tool_calls`) decided exactly "
         "once and no other id, else 422 (`field`: `decisions`); 409 `invalid_transition` when "
-        "the run is not waiting for approvals. Approved calls are executed by the worker; a "
+        "the run is not waiting for approvals (or its action expired). Approved calls are executed by the worker; a "
         'denied one gives the model the error result `"denied: <message>"`. The audit log '
         "records who decided. Honors `Idempotency-Key`."
     ),

@@ -287,6 +287,20 @@ async def test_answering_a_run_that_is_not_waiting_is_409(world: World, parker: 
     assert len(await audit_rows(world, "run.tool_outputs")) == 1
 
 
+async def test_an_answer_after_expires_at_is_409_even_before_the_reaper(
+    world: World, parker: Parker, app
+) -> None:
+    agent = await world.agent()
+    run = await parker.park(agent, expires_in=-1)
+    before = await stream(app, run["id"])
+
+    r = await post(world, outputs_url(world, run["id"]), OUTPUT)
+
+    assert r.status_code == 409
+    assert "expired" in r.json()["error"]["message"]
+    await _unchanged(world, app, run, before)
+
+
 async def test_idempotency_key_replays_the_answer(world: World, parker: Parker, app) -> None:
     agent = await world.agent()
     run = await parker.park(agent)
