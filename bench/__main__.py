@@ -1,7 +1,7 @@
 """`make bench` (`python -m bench`): Agentry's performance figures (DESIGN.md "Performance
 targets") beside two reference apps, in one run; results also in .bench/results.json.
 
-Sections (BENCH_SECTIONS, default "http,pipeline,usershape,metrics"):
+Sections (BENCH_SECTIONS, default "http,pipeline,usershape,metrics,webhooks,tools"):
 - http: req/s, p50/p99 and server CPU per request at 32 connections for GET agent, list of
   100 agents, spawn, run submission, GET agent with rate limiting off; (A) a FastAPI constant
   route and (B) a FastAPI raw-asyncpg primary-key read, all served by uvicorn like `make run`.
@@ -10,13 +10,17 @@ Sections (BENCH_SECTIONS, default "http,pipeline,usershape,metrics"):
 - usershape: `agentry dev` (API + worker in one process) over HTTP only, the peers' load
   script: runs/s end to end, pickup, effective concurrency of one-second runs (bench/usershape.py).
 - metrics: GET /projects/{p}/metrics with 10⁴, 10⁵, 10⁶ seeded runs.
+- webhooks: what the webhook outbox and deliveries cost the pipeline (bench/webhookbench.py).
+- tools: one worker process and the demo MCP server in its own: runs/s and steps/s end to end
+  of 3-step runs (model → MCP tool → model) beside 1-step runs, CPU per run; idle
+  tool-outputs→running of runs waiting for a client tool (bench/toolbench.py).
 
 Environment (all optional): BENCH_SECONDS (5), BENCH_WARMUP (1), BENCH_CONNECTIONS (32),
 BENCH_ROUNDS (2: the http cases run interleaved, BENCH_SECONDS split over the rounds),
 BENCH_PIN (1: servers on CPU 0, load generator on CPU 1), BENCH_PIPELINE_RUNS (1000),
 BENCH_PICKUPS (50), BENCH_SLOW_AGENTS (500), BENCH_SLOW_LATENCY_MS (1000),
 BENCH_WORKER_MAX_JOBS (the setting's default), BENCH_USERSHAPE_RUNS (500), BENCH_USERSHAPE_SLOW
-(200), BENCH_MAX_RUNS (1000000),
+(200), BENCH_TOOL_RUNS (500; BENCH_PICKUPS samples the tool-outputs), BENCH_MAX_RUNS (1000000),
 BENCH_METRICS_AGENTS (20), BENCH_METRICS_DAYS (7), BENCH_DATABASE_URL + BENCH_REDIS_URL
 (use these servers instead of embedded ones; the Redis database is FLUSHed).
 Server logs: .bench/logs/.
@@ -89,7 +93,8 @@ def header(results: dict[str, Any], cfg: BenchConfig, services: Services) -> str
             "(limits never trip; counters still hit Redis)",
             f"data: {where}; {results.get('postgres', '')}",
             f"sizes: pipeline {cfg.pipeline_runs} runs, {cfg.pickups} pickups, {cfg.slow_agents} "
-            f"× {cfg.slow_latency_ms} ms runs, WORKER_MAX_JOBS={cfg.worker_max_jobs}; metrics up "
+            f"× {cfg.slow_latency_ms} ms runs, WORKER_MAX_JOBS={cfg.worker_max_jobs}; tools "
+            f"{cfg.tool_runs} runs of each type; metrics up "
             f"to {cfg.max_runs:,} runs over {cfg.metrics_agents} agents × {cfg.metrics_days} days",
             *_busy_note(m["loadavg_at_start"][0]),
         ]
@@ -106,7 +111,7 @@ def _busy_note(load: float) -> list[str]:
 
 
 async def run_sections(cfg: BenchConfig, services: Services, results: dict[str, Any]) -> None:
-    from bench import httpbench, metricsbench, pipelinebench, usershape, webhookbench
+    from bench import httpbench, metricsbench, pipelinebench, toolbench, usershape, webhookbench
 
     sections = {
         "http": httpbench.run,
@@ -114,6 +119,7 @@ async def run_sections(cfg: BenchConfig, services: Services, results: dict[str, 
         "usershape": usershape.run,
         "metrics": metricsbench.run,
         "webhooks": webhookbench.run,
+        "tools": toolbench.run,
     }
     async with Harness(cfg, services, results["_available"], OUT_DIR) as h:
         results["pinning"] = h.pinning
@@ -134,7 +140,7 @@ async def run_sections(cfg: BenchConfig, services: Services, results: dict[str, 
 
 
 def render(name: str, section: dict[str, Any]) -> str:
-    from bench import metricsbench, pipelinebench, usershape, webhookbench
+    from bench import metricsbench, pipelinebench, toolbench, usershape, webhookbench
 
     parts = []
     if name == "http" and section.get("rows"):
@@ -147,6 +153,8 @@ def render(name: str, section: dict[str, Any]) -> str:
         parts.append(metricsbench.render(section))
     elif name == "webhooks":
         parts.append(webhookbench.render(section))
+    elif name == "tools":
+        parts.append(toolbench.render(section))
     parts.extend(section.get("skipped", []))
     parts.extend(section.get("notes", []))
     parts.append(f"({name}: {section.get('seconds', '?')} s)")

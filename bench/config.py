@@ -24,7 +24,7 @@ def _int(name: str, default: int) -> int:
 
 
 def _sections() -> list[str]:
-    raw = os.environ.get("BENCH_SECTIONS", "http,pipeline,usershape,metrics,webhooks")
+    raw = os.environ.get("BENCH_SECTIONS", "http,pipeline,usershape,metrics,webhooks,tools")
     return [s.strip() for s in raw.split(",") if s.strip()]
 
 
@@ -49,6 +49,8 @@ class BenchConfig:
     # Issue 9: the user's shape (`agentry dev` over HTTP)
     usershape_runs: int = field(default_factory=lambda: _int("BENCH_USERSHAPE_RUNS", 500))
     usershape_slow: int = field(default_factory=lambda: _int("BENCH_USERSHAPE_SLOW", 200))
+    # Issue 10: runs that act (model → MCP tool → model), one per agent
+    tool_runs: int = field(default_factory=lambda: _int("BENCH_TOOL_RUNS", 500))
     # Issue 5
     max_runs: int = field(default_factory=lambda: _int("BENCH_MAX_RUNS", 1_000_000))
     metrics_agents: int = field(default_factory=lambda: _int("BENCH_METRICS_AGENTS", 20))

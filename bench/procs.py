@@ -75,6 +75,22 @@ class Proc:
             time.sleep(0.05)
         raise RuntimeError(f"{self.name} not ready at {url} ({last}):\n{self.tail()}")
 
+    def wait_tcp(self, timeout: float = 60.0) -> None:
+        """Poll HOST:port until it accepts a connection (servers with no plain GET route)."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                socket.create_connection((HOST, self.port or 0), timeout=2).close()
+                return
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.05)
+        raise RuntimeError(
+            f"{self.name} not listening on {HOST}:{self.port} ({last}):\n{self.tail()}"
+        )
+
     def check_alive(self) -> None:
         if self.popen is not None and self.popen.poll() is not None:
             raise RuntimeError(f"{self.name} exited {self.popen.returncode}:\n{self.tail()}")

@@ -94,6 +94,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         ("runs/s, one worker draining a backlog (aim 288)", lambda: _get(results, "pipeline", "drain", "runs_per_s"), ">=", 200, "/s"),
         ("runs/s end to end, worker running (aim 288)", lambda: _get(results, "pipeline", "e2e", "runs_per_s"), ">=", 200, "/s"),
         ("submit→running p50, idle (aim 20)", lambda: _get(results, "pipeline", "pickup", "p50_ms"), "<=", 25, " ms"),
+        ("tool-outputs→running p50, idle (as submit→running)", lambda: _get(results, "tools", "resume", "p50_ms"), "<=", 25, " ms"),
         ("1 s runs: share of ideal throughput", lambda: _get(results, "pipeline", "slow", "share_of_ideal"), ">=", 0.9, ""),
         ("1 s runs: peak concurrency (aim 180 of 200)", lambda: _get(results, "pipeline", "slow", "peak_concurrency"), ">=", 180, ""),
         (f"metrics p50 with {_largest(results, 'runs') or 0:,} runs, 1 client", lambda: _largest(results, "c1", "p50_ms"), "<=", 15, " ms"),

@@ -12,6 +12,7 @@ LIST_AGENTS = ("GET", P + "/agents")
 SPAWN = ("POST", P + "/agents")
 SUBMIT_RUN = ("POST", P + "/agents/{agent_id}/runs")
 GET_RUN = ("GET", P + "/runs/{run_id}")
+TOOL_OUTPUTS = ("POST", P + "/runs/{run_id}/tool-outputs")
 METRICS = ("GET", P + "/metrics")
 
 

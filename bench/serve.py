@@ -2,8 +2,9 @@
 
 Kinds: `agentry` (create_app(Settings()) from the environment), `constant` and `pkread`
 (the reference apps), `raw` (a bare uvloop protocol answering a constant, used only to show
-the load generator's own ceiling). The three FastAPI apps share UVICORN_OPTIONS, which
-mirror `agentry dev|api` (backend/cli.py `_serve`).
+the load generator's own ceiling), `mcp-demo` (our demo MCP server, backend/tools/demo_server.py,
+at http://127.0.0.1:<port>/mcp, as `agentry dev` serves it). The three FastAPI apps share
+UVICORN_OPTIONS, which mirror `agentry dev|api` (backend/cli.py `_serve`).
 """
 
 from __future__ import annotations
@@ -75,12 +76,19 @@ async def _serve_raw(port: int) -> None:
         await server.serve_forever()
 
 
+async def _serve_mcp_demo(port: int) -> None:
+    from backend.tools.demo_server import serve_demo
+
+    async with serve_demo(HOST, port):
+        await asyncio.Event().wait()  # until SIGTERM ends the process
+
+
 def main() -> None:
     kind, port = sys.argv[1], int(sys.argv[2])
-    if kind == "raw":
+    if kind in ("raw", "mcp-demo"):
         import uvloop
 
-        uvloop.run(_serve_raw(port))
+        uvloop.run(_serve_raw(port) if kind == "raw" else _serve_mcp_demo(port))
         return
     import uvicorn
 

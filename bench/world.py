@@ -62,7 +62,10 @@ async def create_project(engine: AsyncEngine, owner: Owner, name: str) -> uuid.U
     return project_id
 
 
-async def create_fake_type(engine: AsyncEngine, slug: str, config: dict[str, Any]) -> uuid.UUID:
+async def create_fake_type(
+    engine: AsyncEngine, slug: str, config: dict[str, Any], **columns: Any
+) -> uuid.UUID:
+    """A `fake` agent type; `columns` sets others (tools, mcp_servers, max_steps, …) as stored."""
     type_id = uuid.uuid4()
     async with engine.begin() as conn:
         await conn.execute(
@@ -74,6 +77,7 @@ async def create_fake_type(engine: AsyncEngine, slug: str, config: dict[str, Any
                 model=FAKE_MODEL,
                 system_prompt="You are a bench echo.",
                 config=config,
+                **columns,
             )
         )
     return type_id

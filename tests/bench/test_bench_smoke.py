@@ -1,6 +1,7 @@
 """`make bench` machinery, briefly, against the test services: the load generator on the app
 served as the bench serves it, a reference app in its own process, the metrics seeding (it
-must agree with what the metrics endpoint reads) and the report. No timing assertions."""
+must agree with what the metrics endpoint reads), the tools section end to end with a few
+runs, and the report. No timing assertions."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.main import create_app
-from bench import loadgen, metricsbench, pipelinebench, report
-from bench.config import RATE_LIMIT_MULTIPLIER
+from bench import loadgen, metricsbench, pipelinebench, report, toolbench
+from bench.config import RATE_LIMIT_MULTIPLIER, BenchConfig
+from bench.harness import Harness
 from bench.procs import HOST, Proc, free_port, python_module
+from bench.routes import discover
 from bench.serve import UVICORN_OPTIONS
+from bench.services import Services
 from bench.world import create_agents, create_fake_type, create_owner, create_project
 from tests.conftest import make_settings
 
@@ -142,3 +146,29 @@ def test_targets_report_unmeasured_figures_as_such():
     text_table, checks = report.targets_table({"http": {"rows": {}}})
     assert all(c["met"] is None for c in checks)
     assert "not measured" in text_table
+
+
+async def test_tools_section_runs_acting_runs_and_resumes_answered_ones(
+    settings, clean, tmp_path: Path
+):
+    """The section as `make bench` runs it (API, worker and demo MCP server in processes of
+    their own), with 3 runs of each type and 2 answered runs."""
+    cfg = BenchConfig(tool_runs=3, pickups=2, connections=2, pin=False, sections=["tools"])
+    services = Services(settings.DATABASE_URL, settings.REDIS_URL, embedded=False)
+    async with Harness(cfg, services, discover(), tmp_path) as h:
+        section = await toolbench.run(h)
+
+    assert section["skipped"] == []
+    plain, mcp, resume = section["plain"], section["mcp"], section["resume"]
+    assert plain["statuses"] == {"succeeded": 3}
+    assert plain["steps"] == 3
+    assert mcp["statuses"] == {"succeeded": 3}
+    assert mcp["steps"] == 9  # model → demo__add → model, each run
+    assert (mcp["answered"], mcp["tool_errors"]) == (3, 0)  # `add` answered through MCP
+    assert set(mcp["cpu_ms_per_run"]) == {"worker", "api", "mcp"}
+    assert resume["statuses"] == {"succeeded": 2}
+    assert (resume["runs"], resume["resumed"]) == (2, 2)  # each run's answer and its resume found
+    assert resume["p50_ms"] is not None
+    assert "tool-outputs→running" in toolbench.render(section)
+    (check,) = [c for c in report.targets({"tools": section}) if "tool-outputs" in c["target"]]
+    assert check["value"] == resume["p50_ms"]
