@@ -20,6 +20,7 @@ All timings come from the database rows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
@@ -123,12 +124,15 @@ async def _throughput(
 ) -> dict[str, Any]:
     """The pipeline section's end-to-end batch, with each process's CPU per run, and steps."""
     before = {name: _cpu(p) for name, p in procs.items()}
+    db_before = await _db_cpu(h)
     out = await pipe._batch(h, api, worker, type_id, count, "e2e")
     after = {name: _cpu(p) for name, p in procs.items()}
+    db_after = await _db_cpu(h)
     finished = out["finished"] or 1
-    out["cpu_ms_per_run"] = {
-        name: pipe._r((after[name] - before[name]) * 1000 / finished) for name in procs
-    }
+    spent = {name: after[name] - before[name] for name in procs}
+    if db_after is not None and db_before is not None:
+        spent["postgres"] = sum(t - db_before.get(pid, 0.0) for pid, t in db_after.items())
+    out["cpu_ms_per_run"] = {name: pipe._r(t * 1000 / finished) for name, t in spent.items()}
     async with h.engine.connect() as conn:
         row = (
             await conn.execute(
@@ -153,6 +157,26 @@ async def _throughput(
 def _cpu(proc: Proc) -> float:
     times = psutil.Process(proc.popen.pid).cpu_times()  # type: ignore[union-attr]
     return float(times.user + times.system)
+
+
+async def _db_cpu(h: Harness) -> dict[int, float] | None:
+    """CPU so far of each Postgres backend serving the bench database (the API's and the
+    worker's pools), by pid; None unless Postgres is the embedded one (its pids are ours)."""
+    if not h.services.embedded:
+        return None
+    async with h.engine.connect() as conn:
+        pids = await conn.scalars(
+            text(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+        spent = {}
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                times = psutil.Process(pid).cpu_times()
+                spent[pid] = float(times.user + times.system)
+    return spent
 
 
 async def _resume(
@@ -244,7 +268,9 @@ def render(section: dict[str, Any]) -> str:
     ]
     for name, b in (("1-step", plain), ("3-step", mcp)):
         cpu = b["cpu_ms_per_run"]
-        rows.append([f"  {name} CPU ms per run", "worker / API / MCP server", f"{cpu['worker']} / {cpu['api']} / {cpu['mcp']}"])  # fmt: skip
+        names = ["worker", "api", "mcp", "postgres"]
+        shown = " / ".join(str(cpu.get(n, "—")) for n in names)
+        rows.append([f"  {name} CPU ms per run", "worker / API / MCP server / Postgres", shown])
         rows += _problems(name, b)
     if r := section.get("resume"):
         rows += [
