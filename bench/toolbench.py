@@ -38,6 +38,7 @@ from bench.world import create_agents, create_fake_type, create_project
 
 ADD = {"name": "demo__add", "arguments": {"a": 1, "b": 2}}
 ADD_OUTPUT = "echo: 3"  # the answer of a run whose `add` call succeeded
+WORKER_APP = "agentry-worker"  # the application_name of the worker's claims and conclusions
 LOOKUP = {
     "name": "lookup",
     "description": "Look something up; the caller answers with POST …/tool-outputs",
@@ -131,7 +132,9 @@ async def _throughput(
     finished = out["finished"] or 1
     spent = {name: after[name] - before[name] for name in procs}
     if db_after is not None and db_before is not None:
-        spent["postgres"] = sum(t - db_before.get(pid, 0.0) for pid, t in db_after.items())
+        used = [(t - db_before.get(pid, (0.0, ""))[0], app) for pid, (t, app) in db_after.items()]
+        spent["postgres"] = sum(t for t, _ in used)
+        spent["postgres_worker"] = sum(t for t, app in used if app == WORKER_APP)
     out["cpu_ms_per_run"] = {name: pipe._r(t * 1000 / finished) for name, t in spent.items()}
     async with h.engine.connect() as conn:
         row = (
@@ -159,23 +162,24 @@ def _cpu(proc: Proc) -> float:
     return float(times.user + times.system)
 
 
-async def _db_cpu(h: Harness) -> dict[int, float] | None:
-    """CPU so far of each Postgres backend serving the bench database (the API's and the
-    worker's pools), by pid; None unless Postgres is the embedded one (its pids are ours)."""
+async def _db_cpu(h: Harness) -> dict[int, tuple[float, str]] | None:
+    """CPU so far and application_name of each Postgres backend serving the bench database
+    (the API's and the worker's pools), by pid; None unless Postgres is the embedded one (its
+    pids are ours)."""
     if not h.services.embedded:
         return None
     async with h.engine.connect() as conn:
-        pids = await conn.scalars(
+        backends = await conn.execute(
             text(
-                "SELECT pid FROM pg_stat_activity"
+                "SELECT pid, application_name FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
         )
         spent = {}
-        for pid in pids:
+        for pid, app in backends:
             with contextlib.suppress(psutil.Error):
                 times = psutil.Process(pid).cpu_times()
-                spent[pid] = float(times.user + times.system)
+                spent[pid] = (float(times.user + times.system), app)
     return spent
 
 
@@ -270,6 +274,8 @@ def render(section: dict[str, Any]) -> str:
         cpu = b["cpu_ms_per_run"]
         names = ["worker", "api", "mcp", "postgres"]
         shown = " / ".join(str(cpu.get(n, "—")) for n in names)
+        if "postgres_worker" in cpu:
+            shown += f" (the worker's statements {cpu['postgres_worker']})"
         rows.append([f"  {name} CPU ms per run", "worker / API / MCP server / Postgres", shown])
         rows += _problems(name, b)
     if r := section.get("resume"):
