@@ -133,7 +133,7 @@ async def run_steps(w: WorkerState, state: Attempt) -> None:
     state.committed, state.budget = list(c.steps), c.budget
     try:
         async with asyncio.timeout(c.timeout):
-            box = await toolbox.offer(w.mcp, c)
+            box = await toolbox.offer(w.mcp, c, w.settings.secret_key)
             while await _step(w, state, box):
                 pass
     except TimeoutError:

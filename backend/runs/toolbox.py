@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from backend.agent_types.tools import mcp_servers_for_worker
 from backend.runs.attempt import Claimed
 from backend.runs.providers import ToolCall, ToolSpec
 from backend.tools.mcp import McpServer, McpTools, ServerTool, ToolResult
@@ -47,11 +48,13 @@ class Toolbox:
         return ToolResult(f"unknown tool {call.name[:64]!r}", is_error=True)
 
 
-async def offer(mcp: McpTools, c: Claimed) -> Toolbox:
+async def offer(mcp: McpTools, c: Claimed, secret_key: str) -> Toolbox:
+    """`secret_key` decrypts the MCP servers' headers (agent_types.tools)."""
     clients = [ToolSpec(t["name"], t.get("description") or "", t["input_schema"]) for t in c.tools]
     if not c.mcp_servers:
         return Toolbox(tuple(clients), frozenset(t.name for t in clients))
-    servers = {s.name: s for s in map(mcp_server, c.mcp_servers)}
+    plain = mcp_servers_for_worker(c.mcp_servers, secret_key)
+    servers = {s.name: s for s in map(mcp_server, plain)}
     timeout = min(c.tool_timeout, DISCOVERY_TIMEOUT_SECONDS)
     listed = await mcp.list_tools(list(servers.values()), timeout=timeout)
     offered = [ToolSpec(t.offered_name, t.description, t.input_schema) for t in listed]
@@ -64,17 +67,13 @@ async def offer(mcp: McpTools, c: Claimed) -> Toolbox:
 
 
 def mcp_server(entry: dict[str, Any]) -> McpServer:
-    """A stored `mcp_servers` entry as the MCP client takes it (its headers decrypted)."""
+    """An `mcp_servers` entry, its headers decrypted, as the MCP client takes it."""
     approval = entry.get("require_approval") or "never"
     allowed = entry.get("allowed_tools")
     return McpServer(
         name=entry["name"],
         url=entry["url"],
-        headers=decrypt_headers(entry.get("headers") or {}),
+        headers=entry.get("headers") or {},
         allowed_tools=None if allowed is None else tuple(allowed),
         require_approval=approval if isinstance(approval, str) else tuple(approval),
     )
-
-
-def decrypt_headers(headers: dict[str, str]) -> dict[str, str]:
-    return dict(headers)  # TODO(merge): the agent types' secret storage
