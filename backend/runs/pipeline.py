@@ -296,8 +296,10 @@ _GUARDS = {
 # Whose steps a conclusion writes: the attempt's own while it runs; for a run that ended
 # elsewhere (account), the failed step whose calls it counts, unless it resumed meanwhile.
 _FINAL_STATUSES = ", ".join(f"'{s.value}'" for s in sorted(set(_FINAL.values())))
+_ENDED_ELSEWHERE = f"o.status IN ({_FINAL_STATUSES})"
 _STEPS_WHEN = {
-    C.account: f"o.status IN ({_FINAL_STATUSES})",
+    C.account: _ENDED_ELSEWHERE,
+    C.step: f"(o.status = 'running' AND {_OURS}) OR {_ENDED_ELSEWHERE}",
     C.cancelled: "false",
     C.expired: "false",
 }
@@ -422,8 +424,10 @@ def _conclude_sql(kind: Conclusion) -> str:
     # After a step, the budget as the next model step must see it (this step's calls included).
     budget = usage.budget_sql("rn.project_id", ":now::timestamptz", with_calls=True)
     columns = ", b.cost_spent, b.tokens_spent, b.month_cost, b.month_tokens, b.cost_limit"
-    columns += ", b.token_limit, EXISTS (SELECT FROM steps_in si WHERE si.run_id = rn.id)"
-    columns += " AS stepped"
+    # still ours: the step was written and the run is running (a run that ended meanwhile
+    # keeps the step, as its calls are counted, but this attempt stops)
+    columns += ", b.token_limit, rn.status = 'running'"
+    columns += " AND EXISTS (SELECT FROM steps_in si WHERE si.run_id = rn.id) AS stepped"
     return f"""WITH {",".join(ctes)}
 SELECT rn.*, coalesce(am.moved, false) AS released, h.id AS next_id, h.attempt AS next_attempt
     {columns if kind is C.step else ""}

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,12 @@ from sqlalchemy import func, select, update
 
 from backend.config import Settings
 from backend.projects.models import Project
+from backend.runs import pipeline
+from backend.runs import steps as steps_module
 from backend.runs.models import ConversationMessage, ProviderCall, Run, RunStep
 from backend.tools.demo_server import serve_demo
+from backend.usage import service as usage_service
+from backend.usage.tokens import Usage
 from backend.worker import run_worker
 from tests.runs.conftest import World, eventually, spawn_worker_process
 from tests.runs.providers.conftest import OPENAI_URL  # registers respx's httpx2 mocker
@@ -503,3 +509,38 @@ async def test_approval_runs_or_denies_a_server_tool(
     )
     actions = [(e["action"], e["actor_user_id"]) for e in audit.json()["data"]]
     assert ("run.approval", str(world.owner.user.id)) in actions
+
+
+async def test_a_step_that_ends_after_its_run_was_cancelled_is_kept_and_stops_the_attempt(
+    world: World, settings: Settings, app
+) -> None:
+    """The checkpoint of a model step that finished after the run was cancelled: its calls are
+    counted and its row kept (usage = the sum of model steps), but the attempt is told to stop."""
+    agent = await world.agent()
+    run_id = (await world.submit(agent, "soon cancelled"))["id"]
+    db = await pipeline.Pipeline.connect(settings, "test:cancelled")
+    try:
+        claimed = await db.claim(uuid.UUID(run_id), 0)
+        assert claimed is not None
+        cancel = await world.client.post(
+            f"{world.run_url(run_id)}/cancel", headers=world.owner.headers
+        )
+        assert cancel.json()["status"] == "cancelled"
+        job = {"run_id": run_id, "agent_id": agent.id, "j_worker": "test:cancelled"}
+        job |= {"j_attempt": 1, "j_provider": "fake"}
+        calls = usage_service.priced_calls(
+            uuid.UUID(run_id),
+            "fake",
+            [("fake-echo", Usage(input_tokens=3, output_tokens=10), True, None, 0)],
+            at=datetime.now(UTC),
+        )
+        step = steps_module.row(run_id, 0, "model", "succeeded", 1, text="", tool_calls=[])
+        row = await db.conclude(pipeline.Conclusion.step, job, calls, [step])
+    finally:
+        await db.close()
+
+    assert row is not None
+    assert row["stepped"] is False  # the attempt stops
+    run = await world.run(run_id)
+    assert (run["status"], run["usage"]["total_tokens"], run["steps"]) == ("cancelled", 13, 1)
+    assert [s.kind for s in await _steps(world, run_id)] == ["model"]
