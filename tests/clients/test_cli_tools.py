@@ -96,6 +96,31 @@ def test_failing_tool_command_gives_an_error_result(ctl, project: dict) -> None:
     assert (lookup["output"], lookup["is_error"]) == ("no such place", True)
 
 
+@pytest.mark.parametrize(
+    ("command", "refusal"),
+    [
+        ("head -c 100001 /dev/zero | tr '\\0' a", "at most 100000 characters"),
+        ("printf 'a\\0b'", "should match pattern"),  # Postgres text cannot hold a NUL
+        ("head -c 2000000 /dev/zero | tr '\\0' a", "The request body exceeds"),  # 413
+    ],
+)
+def test_an_output_the_server_refuses_becomes_an_error_result(
+    ctl, project: dict, command: str, refusal: str
+) -> None:
+    """Else the CLI would exit 2 with the run left waiting (its agent's turn held) until the
+    action expired."""
+    _spawn(ctl, project, "demo", "tool-demo")
+    r = _submit(ctl, project, "demo", "--tool", f"lookup={command}")
+    assert r.code == 0, r.stderr
+    assert "the server refused its output" in r.stderr
+    run = json.loads(r.stdout)
+    lookup = _steps(ctl, project, run["id"])[3]
+    assert lookup["is_error"] is True
+    assert lookup["output"].startswith("the tool's output was refused by the Agentry server: ")
+    assert refusal in lookup["output"]
+    assert (run["status"], run["output"]) == ("succeeded", "echo: " + lookup["output"])
+
+
 def test_an_action_no_tool_covers_exits_9_and_prints_the_run(
     ctl, live: Live, project: dict
 ) -> None:

@@ -253,6 +253,12 @@ async def test_async_run_with_tools(live: Live) -> None:
         agent = await c.agents.spawn(project, agent_type="tool-demo", name="async")
         run = await c.runs.run_with_tools(project, agent.name, "go", tools={"lookup": lookup})
         steps = [s async for s in c.runs.steps(project, run.id)]
+        # An output the server cannot take (a NUL) is sent again as an error saying why.
+        refused = await c.runs.run_with_tools(
+            project, agent.id, "go", tools={"lookup": lambda _: "a\0b"}
+        )
     assert seen == [LOOKUP_ARGS]
     assert (run.status, run.output) == ("succeeded", "echo: rain")
     assert [s.index for s in steps] == [0, 1, 2, 3, 4]
+    assert refused.status == "succeeded"
+    assert refused.output.startswith("echo: the tool's output was refused by the Agentry server: ")
