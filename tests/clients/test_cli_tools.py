@@ -208,30 +208,37 @@ def test_an_approval_exits_9_even_with_a_tool_and_approve_runs_the_call(
     assert "invalid_transition" in r.stderr
 
 
-def test_deny_tells_the_model_and_a_wrong_call_id_is_exit_2(
-    ctl, project: dict, approval_type: dict
+def test_deny_every_call_tells_the_model_and_a_wrong_or_missing_call_is_exit_2(
+    ctl, live: Live, project: dict
 ) -> None:
-    _spawn(ctl, project, "careful", approval_type["slug"])
+    calls = [{"name": "demo__add", "arguments": {"a": n, "b": n}} for n in (1, 2)]
+    server = {"name": "demo", "url": live.demo_mcp_url(), "require_approval": "always"}
+    kind = live.agent_type(config={"script": [{"tool_calls": calls}]}, mcp_servers=[server])
+    _spawn(ctl, project, "careful", kind["slug"])
     r = _submit(ctl, project, "careful", "--wait", "60")
     assert r.code == 9, r.stderr
     run = json.loads(r.stdout)
-    [call] = run["required_action"]["tool_calls"]
+    first, second = (call["id"] for call in run["required_action"]["tool_calls"])
 
-    r = ctl("runs", "approve", "-p", project["slug"], run["id"], "--call", "call_nope")
-    assert r.code == 2
-    assert "validation_error" in r.stderr
-    assert "field: decisions" in r.stderr
+    approve = ("runs", "approve", "-p", project["slug"], run["id"])
+    for wrong in (("--call", "call_nope"), ("--call", first)):  # not pending; one unanswered
+        r = ctl(*approve, *wrong)
+        assert r.code == 2
+        assert "validation_error" in r.stderr
+        assert "field: decisions" in r.stderr
+    still = json.loads(ctl("runs", "get", "-p", project["slug"], run["id"]).stdout)
+    assert still["status"] == "requires_action"  # nothing was decided
 
-    args = ("runs", "approve", "-p", project["slug"], run["id"], "--call", call["id"])
-    r = ctl(*args, "--deny", "--message", "not today")
+    r = ctl(*approve, "--call", first, "--call", second, "--deny", "--message", "not today")
     assert r.code == 0, r.stderr
     assert json.loads(r.stdout)["status"] == "queued"
     r = ctl("runs", "follow", "-p", project["slug"], run["id"])
     assert r.code == 0, r.stderr
-    assert json.loads(r.stdout.splitlines()[-1])["data"]["output"] == "echo: denied: not today"
-    add = _steps(ctl, project, run["id"])[1]
-    assert (add["output"], add["is_error"]) == ("denied: not today", True)
-    assert (add["approval"]["approved"], add["approval"]["message"]) == (False, "not today")
+    output = json.loads(r.stdout.splitlines()[-1])["data"]["output"]
+    assert output == "echo: denied: not today\ndenied: not today"
+    for add in _steps(ctl, project, run["id"])[1:3]:
+        assert (add["output"], add["is_error"]) == ("denied: not today", True)
+        assert (add["approval"]["approved"], add["approval"]["message"]) == (False, "not today")
 
 
 def test_steps_lists_every_page(ctl, live: Live, project: dict) -> None:

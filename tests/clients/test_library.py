@@ -189,24 +189,42 @@ def test_run_with_tools_answers_client_tools(client: Client, live: Live) -> None
     )
 
 
-def test_wait_stops_at_an_approval_and_approve_resumes(client: Client, live: Live) -> None:
+def test_wait_stops_at_an_approval_then_answers_the_client_tool(client: Client, live: Live) -> None:
+    """One model step asks for a server tool that needs approval and a client tool: the run
+    waits for the approval first (which no tool function gives), then for the client tool."""
     project = live.project()["slug"]
-    script = [{"tool_calls": [{"name": "demo__add", "arguments": {"a": 2, "b": 3}}]}]
+    calls = [
+        {"name": "demo__add", "arguments": {"a": 2, "b": 3}},
+        {"name": "lookup", "arguments": LOOKUP_ARGS},
+    ]
     server = {"name": "demo", "url": live.demo_mcp_url(), "require_approval": "always"}
-    kind = live.agent_type(config={"script": script}, mcp_servers=[server])
+    lookup = {"name": "lookup", "description": "", "input_schema": {"type": "object"}}
+    kind = live.agent_type(
+        config={"script": [{"tool_calls": calls}]}, mcp_servers=[server], tools=[lookup]
+    )
     agent = client.agents.spawn(project, agent_type=kind["slug"], name="careful")
     run = client.runs.submit(project, agent.id, "go")
-    waiting = client.runs.wait(project, run.id, tools={"demo__add": lambda _: "99"}, timeout=60)
+    seen = []
+
+    def answer(arguments: dict) -> str:
+        seen.append(arguments)
+        return "L"
+
+    tools = {"demo__add": answer, "lookup": answer}
+    waiting = client.runs.wait(project, run.id, tools=tools, timeout=60)
     assert (waiting.status, waiting.required_action["type"]) == (
         "requires_action",
         "approve_tool_calls",
     )
     [call] = waiting.required_action["tool_calls"]
+    assert call["name"] == "demo__add"
+    assert seen == []  # not even the client tool of the same step: its turn comes after
     queued = client.runs.approve(project, run.id, [{"tool_call_id": call["id"], "approve": True}])
     assert isinstance(queued, Run)
     assert (queued.status, queued.required_action) == ("queued", None)
-    done = client.runs.wait(project, run.id, timeout=60)
-    assert (done.status, done.output) == ("succeeded", "echo: 5")
+    done = client.runs.wait(project, run.id, tools=tools, timeout=60)
+    assert (done.status, done.output) == ("succeeded", "echo: 5\nL")  # in call order
+    assert seen == [LOOKUP_ARGS]
 
 
 def test_wait_passes_over_an_action_already_answered(client: Client, live: Live) -> None:
