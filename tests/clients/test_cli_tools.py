@@ -241,6 +241,27 @@ def test_deny_every_call_tells_the_model_and_a_wrong_or_missing_call_is_exit_2(
         assert (add["approval"]["approved"], add["approval"]["message"]) == (False, "not today")
 
 
+def test_an_action_left_unanswered_expires_follow_exits_1(ctl, live: Live, project: dict) -> None:
+    script = [{"tool_calls": [{"name": "demo__add", "arguments": {"a": 2, "b": 3}}]}]
+    server = {"name": "demo", "url": live.demo_mcp_url(), "require_approval": "always"}
+    kind = live.agent_type(
+        config={"script": script}, mcp_servers=[server], action_timeout_seconds=1
+    )
+    _spawn(ctl, project, "slow-to-decide", kind["slug"])
+    run = json.loads(_submit(ctl, project, "slow-to-decide").stdout)  # no wait: no race
+
+    r = ctl("runs", "follow", "-p", project["slug"], run["id"])  # until the reaper ends it
+    assert r.code == 1, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    [action] = [e["data"] for e in events if e["event"] == "requires_action"]
+    [call] = action["tool_calls"]
+    assert (events[-1]["event"], events[-1]["data"]["status"]) == ("end", "failed")
+    assert events[-1]["data"]["error"]["code"] == "action_expired"
+    r = ctl("runs", "approve", "-p", project["slug"], run["id"], "--call", call["id"])
+    assert r.code == 7
+    assert "invalid_transition" in r.stderr
+
+
 def test_steps_lists_every_page(ctl, live: Live, project: dict) -> None:
     """More steps than a page holds (100): one model step asks for 100 server tool calls."""
     calls = [{"name": "demo__word_count", "arguments": {"text": "w " * n}} for n in range(100)]
