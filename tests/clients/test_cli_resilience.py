@@ -1,8 +1,8 @@
 """Retries and resumption through a proxy that breaks connections: an idempotent create whose
 answer is lost is retried with the same key (same object, nothing more created); a
 non-idempotent one is not; 502/503/429 are retried within the budget; --wait resumes a cut
-event stream with Last-Event-ID; a lost answer to --tool or `runs approve` is sent again as the same
-answer."""
+event stream with Last-Event-ID; a lost answer to --tool or `runs approve` is sent again as
+the same answer."""
 
 from __future__ import annotations
 
