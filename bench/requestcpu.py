@@ -195,7 +195,7 @@ async def measure(database_url: str, redis_url: str) -> dict[str, Any]:
         LOG_FORMAT="json",
         RATE_LIMIT_MULTIPLIER=float(RATE_LIMIT_MULTIPLIER),
         QUEUE_NAME=f"agentry:cpu:{uuid.uuid4().hex[:8]}",
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
     app = create_app(settings)
     json_headers = [(b"content-type", b"application/json")]
@@ -208,9 +208,11 @@ async def measure(database_url: str, redis_url: str) -> dict[str, Any]:
             await _run(app, cases[name], headers, 50, concurrency)
         for repeat in range(repeats):
             for name in names:
-                profiling = profile_dir and repeat == repeats - 1
+                profile = None
+                if profile_dir and repeat == repeats - 1:
+                    profile = Path(profile_dir, f"{name}.prof")
                 before = statements_so_far()
-                with _profiled(Path(profile_dir, f"{name}.prof") if profiling else None):
+                with _profiled(profile):
                     seconds, failures = await _run(app, cases[name], headers, count, concurrency)
                 if failures:
                     raise SystemExit(f"{cases[name].name}: {failures} unexpected answers")
