@@ -13,7 +13,8 @@ from backend.core.schemas import PageParams
 
 
 class _Id(Protocol):
-    id: uuid.UUID
+    @property
+    def id(self) -> uuid.UUID: ...
 
 
 class Actor(Protocol):

@@ -15,7 +15,7 @@ from backend.auth.models import User
 from backend.core.db import paginate, utcnow
 from backend.core.errors import Conflict, Forbidden, NotFound
 from backend.core.schemas import PageParams
-from backend.projects.dependencies import ProjectContext
+from backend.projects.dependencies import ProjectContext, ProjectRow
 from backend.projects.models import Project, ProjectMember, Role
 from backend.projects.schemas import Budget, BudgetIn, MemberAdd, ProjectCreate, ProjectUpdate
 
@@ -26,7 +26,7 @@ def slugify(name: str) -> str:
     return slug[:100].strip("-") or "project"
 
 
-def to_out(project: Project, role: str | None) -> dict[str, Any]:
+def to_out(project: Project | ProjectRow, role: str | None) -> dict[str, Any]:
     budget = None
     if project.monthly_cost_limit_usd is not None or project.monthly_token_limit is not None:
         budget = Budget(
@@ -108,7 +108,7 @@ async def list_for(
 
 
 async def update(session: AsyncSession, ctx: ProjectContext, data: ProjectUpdate) -> Project:
-    project = ctx.project
+    project = await session.get_one(Project, ctx.project.id, with_for_update=True)
     if data.name is not None:
         project.name = data.name
     if "description" in data.model_fields_set:
@@ -145,9 +145,10 @@ async def lock_for_spawn(session: AsyncSession, project_id: uuid.UUID) -> None:
 
 async def delete(session: AsyncSession, ctx: ProjectContext) -> None:
     """The project leaves every listing (its agents and runs end: backend/lifecycle.py)."""
-    # Waits for spawns in flight (lock_for_spawn) and makes later ones wait for this commit.
-    await session.execute(select(Project.id).where(Project.id == ctx.project.id).with_for_update())
-    ctx.project.deleted_at = utcnow()
+    # Waits for spawns in flight (the spawn's key-share lock) and makes later ones wait for
+    # this commit.
+    project = await session.get_one(Project, ctx.project.id, with_for_update=True)
+    project.deleted_at = utcnow()
     audit.record(
         session,
         ctx.principal,
