@@ -35,7 +35,7 @@ async def spawn_agent(
     idempotency_key: IdempotencyKeyHeader = None,
 ):
     async def create() -> Outcome:
-        agent = AgentOut.model_validate(await service.spawn(session, ctx, body))
+        agent = await service.spawn(session, ctx, body)
         location = f"/api/v1/projects/{ctx.project.id}/agents/{agent.id}"
         return Outcome(201, agent, {"Location": location})
 
