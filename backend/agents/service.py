@@ -54,9 +54,7 @@ _ACTIVE = (AgentStatus.working.value, AgentStatus.waiting.value)
 _TERMINATED = AgentStatus.terminated.value
 # The model's scalar column defaults (status idle, counters zero): a spawn writes them as the
 # ORM would.
-_DEFAULTS = {
-    c.name: c.default.arg for c in agents.c if c.default is not None and c.default.is_scalar
-}
+_DEFAULTS = sql.scalar_defaults(agents)
 _COLUMNS = ", ".join(sorted({"current_task", "short_term_memory", *_DEFAULTS}))
 _VALUES = ", ".join(
     f":{name}" for name in sorted({"current_task", "short_term_memory", *_DEFAULTS})

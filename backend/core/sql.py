@@ -15,7 +15,6 @@ from typing import Any
 import asyncpg
 from sqlalchemy import ClauseElement
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from backend.core.errors import is_connection_error
@@ -52,6 +51,11 @@ class Statement:
         return [params[name] for name in self.names]
 
 
+def scalar_defaults(table: Any) -> dict[str, Any]:
+    """The table's scalar column defaults (as the ORM would write them), for an INSERT here."""
+    return {c.name: c.default.arg for c in table.c if c.default is not None and c.default.is_scalar}
+
+
 _CONNECTION = "core.sql.connection"
 
 
@@ -86,12 +90,13 @@ async def fetch(session: AsyncSession, stmt: Statement, params: dict[str, Any]) 
     try:
         return await driver.fetch(stmt.sql, *args)
     except Exception as exc:
-        if driver.is_closed() or is_connection_error(exc):
-            # As SQLAlchemy does on a disconnect: this connection never returns to the pool,
-            # and the error says so (the API answers 503).
-            session.info.pop(_CONNECTION, None)
-            await connection.invalidate(exc)
-            raise DBAPIError(stmt.sql, None, exc, connection_invalidated=True) from exc
+        if not (driver.is_closed() or is_connection_error(exc)):
+            raise
+        session.info.pop(_CONNECTION, None)
+        # A lost connection: let SQLAlchemy meet it too. It then does what it does on a
+        # disconnect of its own statements (this connection, and every other one the pool holds
+        # from before, is replaced) and raises its error, which the API answers with a 503.
+        await connection.exec_driver_sql("SELECT 1")
         raise
 
 

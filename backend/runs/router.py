@@ -97,7 +97,7 @@ class Submit:
         async def create() -> Outcome:
             run = await service.submit(session, ctx, self.agent_id, self.body)
             headers = {"Location": service.location(ctx.project.id, run.id)}
-            return Outcome(202, RunOut.model_validate(run), headers)
+            return Outcome(202, run, headers)
 
         result = await run_idempotent(
             session,

@@ -8,18 +8,19 @@ row is what serializes an agent's claims, finishes, cancels and terminate (so th
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy import ColumnElement, bindparam, select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backend.agent_types.models import AgentType
-from backend.agents.models import Agent, AgentStatus
+from backend.agents.models import AgentStatus
 from backend.audit import service as audit
-from backend.core.db import after_commit, paginate
+from backend.core import sql
+from backend.core.db import after_commit, paginate, utcnow
 from backend.core.errors import InvalidTransition, NotFound
 from backend.core.schemas import PageParams
 from backend.projects.dependencies import ProjectContext
@@ -28,79 +29,84 @@ from backend.runs import metrics as runs_metrics
 from backend.runs import state as run_state
 from backend.runs.models import FINISHED, Run, RunStatus
 from backend.runs.pipeline import Conclusion
-from backend.runs.schemas import RunCreate
+from backend.runs.schemas import RunCreate, RunOut, RunRow
 from backend.usage import service as usage
 from backend.webhooks import outbox
 
 _LIVE = (RunStatus.queued, RunStatus.running)
-_SUBMITTED = run_state.event_source(
-    "(SELECT * FROM runs WHERE id = :run_id)",
-    where="true",
-    from_status="CAST(NULL AS text)",
-    now="rn.created_at",
-)
+_DEFAULTS = sql.scalar_defaults(Run.__table__)  # status queued, attempt 0, counters zero
+_COLUMNS = sorted({"timeout_seconds", "metadata", *_DEFAULTS})
+# The agent key-share locked (a concurrent terminate either sees this run, and cancels it, or
+# commits first, and the agent reads `terminated`; claims wait for this insert), the run
+# inserted unless the agent is terminated, its run.status_changed event for the project's
+# webhooks, and, when the agent is idle, its oldest queued run before this one (which a claim
+# takes first): one statement, whose answer says which of these happened.
+_SUBMIT = sql.Statement.of(f"""
+WITH a AS (
+    SELECT agents.id, agents.status, agent_types.provider, agent_types.model
+    FROM agents JOIN agent_types ON agent_types.id = agents.agent_type_id
+    WHERE agents.id = :agent_id AND agents.project_id = :project_id
+    FOR KEY SHARE OF agents
+), submitted AS (
+    INSERT INTO runs (id, project_id, agent_id, input, provider, model, created_at, updated_at,
+        {", ".join(_COLUMNS)})
+    SELECT :run_id, :project_id, a.id, :input, a.provider, a.model, :now, :now,
+        {", ".join(f":{c}" for c in _COLUMNS)}
+    FROM a WHERE a.status <> '{AgentStatus.terminated.value}'
+    RETURNING *
+), {
+    outbox.ctes(
+        "ev",
+        outbox.EventType.run_status_changed,
+        run_state.event_source(
+            "submitted", where="true", from_status="CAST(NULL AS text)", now="rn.created_at"
+        ),
+    )
+}
+SELECT a.status AS agent_status, older.id AS older_id, older.attempt AS older_attempt,
+    submitted.*
+FROM (SELECT 1) one LEFT JOIN a ON true LEFT JOIN submitted ON true
+LEFT JOIN LATERAL ({dispatch.head("a.id")}) older ON a.status = '{AgentStatus.idle.value}'""")
 
 
 async def submit(
     session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID, data: RunCreate
-) -> Run:
-    """Insert a queued run; after commit it is announced and, if the agent is idle, enqueued."""
+) -> RunOut:
+    """Insert a queued run (404: no such agent, 409: terminated); after commit it is announced
+    and, if the agent is idle, its oldest queued run enqueued."""
     await usage.check_budget(session, ctx.project)  # project row before agent row
-    row = await _submittable_agent(session, ctx, agent_id)
-    run = Run(
-        id=uuid.uuid4(),
-        project_id=ctx.project.id,
-        agent_id=agent_id,
-        status=RunStatus.queued.value,
-        input=data.input,
-        provider=row.provider,
-        model=row.model,
-        timeout_seconds=data.timeout_seconds,
-        run_metadata=data.metadata,
-        attempt=0,
-    )
-    session.add(run)
-    await session.flush()
+    run_id = uuid.uuid4()
+    params = _DEFAULTS | {
+        "agent_id": agent_id,
+        "project_id": ctx.project.id,
+        "run_id": run_id,
+        "input": data.input,
+        "timeout_seconds": data.timeout_seconds,
+        "metadata": json.dumps(data.metadata),
+        "now": utcnow(),
+    }
+    row = await sql.fetchrow(session, _SUBMIT, params)
+    assert row is not None  # one row whatever was found
+    if row["agent_status"] is None:
+        raise NotFound(f"Agent {agent_id} not found")
+    if row["id"] is None:
+        raise InvalidTransition(f"Agent {agent_id} is terminated and accepts no runs")
     audit.record(
         session,
         ctx.principal,
         "run.submit",
         project_id=ctx.project.id,
         target_type="run",
-        target_id=run.id,
+        target_id=run_id,
         details={"agent_id": str(agent_id)},
     )
-    run_id = run.id
-    await outbox.record(session, outbox.EventType.run_status_changed, _SUBMITTED, run_id=run_id)
     dispatch.later(session, lambda d: d.publish(run_id, [(streams.STATUS, {"status": "queued"})]))
-    if row.status == AgentStatus.idle:
-        await dispatch.dispatch_head(session, agent_id)
-    return run
-
-
-_SUBMITTABLE = (  # built once, like every per-request statement of a hot route
-    select(Agent.status, AgentType.provider, AgentType.model)
-    .join(AgentType, AgentType.id == Agent.agent_type_id)
-    .where(Agent.id == bindparam("agent_id"), Agent.project_id == bindparam("project_id"))
-    .with_for_update(of=Agent, read=True, key_share=True)
-)
-
-
-async def _submittable_agent(
-    session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID
-) -> Any:
-    """The agent's status and type, key-share locked; 404 when absent, 409 when terminated.
-
-    The lock: a concurrent terminate either sees this run (and cancels it) or commits first
-    (and this submit sees `terminated`); claims wait for this insert.
-    """
-    params = {"agent_id": agent_id, "project_id": ctx.project.id}
-    row = (await session.execute(_SUBMITTABLE, params)).first()
-    if row is None:
-        raise NotFound(f"Agent {agent_id} not found")
-    if row.status == AgentStatus.terminated:
-        raise InvalidTransition(f"Agent {agent_id} is terminated and accepts no runs")
-    return row
+    if row["agent_status"] == AgentStatus.idle:
+        if row["older_id"] is not None:
+            dispatch.enqueue_later(session, row["older_id"], row["older_attempt"])
+        else:
+            dispatch.enqueue_later(session, run_id, row["attempt"])
+    return RunOut.model_validate(RunRow(row))
 
 
 async def get(session: AsyncSession, ctx: ProjectContext, run_id: uuid.UUID) -> Run:
