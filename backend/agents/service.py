@@ -63,8 +63,21 @@ _VALUES = ", ".join(
 # commits before it, its agent terminated with the others, or waits and finds it deleted), the
 # type share-locked until commit (a concurrent delete or deactivation of the type waits for
 # us), the agent inserted when both are there and the type is active, and its
-# agent.status_changed event for the project's webhooks: one statement, whose answer says
-# which of these was missing.
+# agent.status_changed event for the project's webhooks, and its audit row: one statement,
+# whose answer says which of these was missing.
+_EVENT = outbox.ctes(
+    "ev",
+    outbox.EventType.agent_status_changed,
+    state.event_source(
+        "spawned",
+        where="true",
+        from_status="CAST(NULL AS text)",
+        to="m.status",
+        reason="NULL",
+        now="m.created_at",
+        pending_runs="0",
+    ),
+)
 _SPAWN = sql.Statement.of(f"""
 WITH p AS (
     SELECT id FROM projects WHERE id = :project_id AND deleted_at IS NULL FOR KEY SHARE
@@ -76,21 +89,7 @@ WITH p AS (
     SELECT :agent_id, p.id, t.id, :name, :now, :now, {_VALUES}
     FROM p, t WHERE t.is_active
     RETURNING *
-), {
-    outbox.ctes(
-        "ev",
-        outbox.EventType.agent_status_changed,
-        state.event_source(
-            "spawned",
-            where="true",
-            from_status="CAST(NULL AS text)",
-            to="m.status",
-            reason="NULL",
-            now="m.created_at",
-            pending_runs="0",
-        ),
-    )
-}
+), {_EVENT}, {audit.cte("audited", when="spawned")}
 SELECT (SELECT count(*) FROM p) AS project_found, t.slug AS agent_type_slug,
     t.name AS agent_type_name, t.is_active AS agent_type_active, spawned.*
 FROM (SELECT 1) one LEFT JOIN t ON true LEFT JOIN spawned ON true""")
@@ -109,11 +108,10 @@ def _actor(ctx: ProjectContext) -> dict[str, Any]:
     return {"actor_user_id": ctx.principal.user.id, "actor_api_key_id": key.id if key else None}
 
 
-def _audit(
-    session: AsyncSession, ctx: ProjectContext, action: str, agent_id: uuid.UUID, **details: Any
-) -> None:
-    audit.record(
-        session,
+def _audit_row(
+    ctx: ProjectContext, action: str, agent_id: uuid.UUID, **details: Any
+) -> dict[str, Any]:
+    return audit.row(
         ctx.principal,
         action,
         project_id=ctx.project.id,
@@ -121,6 +119,12 @@ def _audit(
         target_id=agent_id,
         details=details or None,
     )
+
+
+def _audit(
+    session: AsyncSession, ctx: ProjectContext, action: str, agent_id: uuid.UUID, **details: Any
+) -> None:
+    audit.add(session, _audit_row(ctx, action, agent_id, **details))
 
 
 async def get(session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID) -> AgentOut:
@@ -157,10 +161,13 @@ async def list_agents(
 async def spawn(session: AsyncSession, ctx: ProjectContext, data: AgentCreate) -> AgentOut:
     if data.project_id is not None and data.project_id != ctx.project.id:
         raise ValidationFailed("project_id must match the project in the path", field="project_id")
-    params = _DEFAULTS | {
+    agent_id = uuid.uuid4()
+    details = {"agent_type_id": str(data.agent_type_id)}
+    params = _DEFAULTS | audit.params(_audit_row(ctx, "agent.spawn", agent_id, **details))
+    params |= {
         "project_id": ctx.project.id,
         "agent_type_id": data.agent_type_id,
-        "agent_id": uuid.uuid4(),
+        "agent_id": agent_id,
         "name": data.name,
         "current_task": data.current_task,
         "short_term_memory": json.dumps(data.short_term_memory),
@@ -176,7 +183,6 @@ async def spawn(session: AsyncSession, ctx: ProjectContext, data: AgentCreate) -
         # API.md: an inactive type is a 422 naming agent_type_id (the schema cannot state it).
         slug = row["agent_type_slug"]
         raise ValidationFailed(f"Agent type '{slug}' is inactive", field="agent_type_id")
-    _audit(session, ctx, "agent.spawn", row["id"], agent_type_id=str(data.agent_type_id))
     return _out(row, ctx, pending_runs=0)
 
 

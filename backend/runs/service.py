@@ -39,8 +39,15 @@ _COLUMNS = sorted({"timeout_seconds", "metadata", *_DEFAULTS})
 # The agent key-share locked (a concurrent terminate either sees this run, and cancels it, or
 # commits first, and the agent reads `terminated`; claims wait for this insert), the run
 # inserted unless the agent is terminated, its run.status_changed event for the project's
-# webhooks, and, when the agent is idle, its oldest queued run before this one (which a claim
-# takes first): one statement, whose answer says which of these happened.
+# webhooks, its audit row, and, when the agent is idle, its oldest queued run before this one
+# (which a claim takes first): one statement, whose answer says which of these happened.
+_EVENT = outbox.ctes(
+    "ev",
+    outbox.EventType.run_status_changed,
+    run_state.event_source(
+        "submitted", where="true", from_status="CAST(NULL AS text)", now="rn.created_at"
+    ),
+)
 _SUBMIT = sql.Statement.of(f"""
 WITH a AS (
     SELECT agents.id, agents.status, agent_types.provider, agent_types.model
@@ -54,15 +61,7 @@ WITH a AS (
         {", ".join(f":{c}" for c in _COLUMNS)}
     FROM a WHERE a.status <> '{AgentStatus.terminated.value}'
     RETURNING *
-), {
-    outbox.ctes(
-        "ev",
-        outbox.EventType.run_status_changed,
-        run_state.event_source(
-            "submitted", where="true", from_status="CAST(NULL AS text)", now="rn.created_at"
-        ),
-    )
-}
+), {_EVENT}, {audit.cte("audited", when="submitted")}
 SELECT a.status AS agent_status, older.id AS older_id, older.attempt AS older_attempt,
     submitted.*
 FROM (SELECT 1) one LEFT JOIN a ON true LEFT JOIN submitted ON true
@@ -76,23 +75,7 @@ async def submit(
     and, if the agent is idle, its oldest queued run enqueued."""
     await usage.check_budget(session, ctx.project)  # project row before agent row
     run_id = uuid.uuid4()
-    params = _DEFAULTS | {
-        "agent_id": agent_id,
-        "project_id": ctx.project.id,
-        "run_id": run_id,
-        "input": data.input,
-        "timeout_seconds": data.timeout_seconds,
-        "metadata": json.dumps(data.metadata),
-        "now": utcnow(),
-    }
-    row = await sql.fetchrow(session, _SUBMIT, params)
-    assert row is not None  # one row whatever was found
-    if row["agent_status"] is None:
-        raise NotFound(f"Agent {agent_id} not found")
-    if row["id"] is None:
-        raise InvalidTransition(f"Agent {agent_id} is terminated and accepts no runs")
-    audit.record(
-        session,
+    audited = audit.row(
         ctx.principal,
         "run.submit",
         project_id=ctx.project.id,
@@ -100,6 +83,25 @@ async def submit(
         target_id=run_id,
         details={"agent_id": str(agent_id)},
     )
+    params = (
+        _DEFAULTS
+        | audit.params(audited)
+        | {
+            "agent_id": agent_id,
+            "project_id": ctx.project.id,
+            "run_id": run_id,
+            "input": data.input,
+            "timeout_seconds": data.timeout_seconds,
+            "metadata": json.dumps(data.metadata),
+            "now": utcnow(),
+        }
+    )
+    row = await sql.fetchrow(session, _SUBMIT, params)
+    assert row is not None  # one row whatever was found
+    if row["agent_status"] is None:
+        raise NotFound(f"Agent {agent_id} not found")
+    if row["id"] is None:
+        raise InvalidTransition(f"Agent {agent_id} is terminated and accepts no runs")
     dispatch.later(session, lambda d: d.publish(run_id, [(streams.STATUS, {"status": "queued"})]))
     if row["agent_status"] == AgentStatus.idle:
         if row["older_id"] is not None:
