@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.agent_types.models import AgentType
 from backend.agents import state
 from backend.agents.models import Agent, AgentEvent, AgentStatus
-from backend.agents.schemas import AgentCreate, AgentOut, AgentUpdate
+from backend.agents.schemas import AgentCreate, AgentMetrics, AgentOut, AgentUpdate
 from backend.audit import service as audit
 from backend.core import sql
 from backend.core.db import paginate, utcnow
@@ -110,7 +110,7 @@ def _actor(ctx: ProjectContext) -> dict[str, Any]:
 
 def _audit_row(
     ctx: ProjectContext, action: str, agent_id: uuid.UUID, **details: Any
-) -> dict[str, Any]:
+) -> audit.AuditRow:
     return audit.row(
         ctx.principal,
         action,
@@ -295,7 +295,7 @@ async def terminate_all(session: AsyncSession, ctx: ProjectContext, *, reason: s
         _audit(session, ctx, "agent.terminate", agent_id, reason=reason)
 
 
-async def project_metrics(session: AsyncSession, ctx: ProjectContext) -> dict[str, Any]:
+async def project_metrics(session: AsyncSession, ctx: ProjectContext) -> AgentMetrics:
     """Totals over every agent of the project, terminated ones included."""
     row = (
         (
@@ -317,12 +317,12 @@ async def project_metrics(session: AsyncSession, ctx: ProjectContext) -> dict[st
         .mappings()
         .one()
     )
-    return dict(row)
+    return AgentMetrics.model_validate(row)
 
 
 async def agent_metrics(
     session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID
-) -> dict[str, Any]:
+) -> AgentMetrics:
     row = (
         await session.execute(
             select(
@@ -335,14 +335,14 @@ async def agent_metrics(
     ).first()
     if row is None:
         raise NotFound(f"Agent {agent_id} not found")
-    return {
-        "total_instances": 1,
-        "active_instances": int(row.status in _ACTIVE),
-        "idle_instances": int(row.status == AgentStatus.idle.value),
-        "total_tasks_completed": row.tasks_completed,
-        "total_tokens_used": row.tokens_used,
-        "total_cost_incurred": row.cost_incurred,
-    }
+    return AgentMetrics(
+        total_instances=1,
+        active_instances=int(row.status in _ACTIVE),
+        idle_instances=int(row.status == AgentStatus.idle.value),
+        total_tasks_completed=row.tasks_completed,
+        total_tokens_used=row.tokens_used,
+        total_cost_incurred=row.cost_incurred,
+    )
 
 
 async def list_events(

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any, Protocol, TypedDict
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,6 +29,19 @@ class Actor(Protocol):
     def api_key(self) -> _Id | None: ...
 
 
+class AuditRow(TypedDict):
+    id: uuid.UUID
+    actor_user_id: uuid.UUID | None
+    actor_api_key_id: uuid.UUID | None
+    project_id: uuid.UUID | None
+    action: str
+    target_type: str | None
+    target_id: str | None
+    details: dict[str, Any]
+    request_id: str | None
+    created_at: datetime
+
+
 def row(
     principal: Actor | None,
     action: str,
@@ -36,7 +50,7 @@ def row(
     target_type: str | None = None,
     target_id: uuid.UUID | str | None = None,
     details: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> AuditRow:
     """The audit row of an action: who, where, what, and the request it came with."""
     return {
         "id": uuid.uuid4(),
@@ -57,12 +71,12 @@ def record(session: AsyncSession, principal: Actor | None, action: str, **fields
     add(session, row(principal, action, **fields))
 
 
-def add(session: AsyncSession, audit_row: dict[str, Any]) -> None:
+def add(session: AsyncSession, audit_row: AuditRow) -> None:
     """Add a `row` to the caller's transaction: it commits or rolls back with the change."""
     session.add(AuditLog(**audit_row))
 
 
-_COLUMNS = tuple(row(None, ""))
+_COLUMNS = tuple(AuditRow.__annotations__)
 
 
 def cte(name: str, when: str) -> str:
@@ -75,7 +89,7 @@ def cte(name: str, when: str) -> str:
 )"""
 
 
-def params(audit_row: dict[str, Any]) -> dict[str, Any]:
+def params(audit_row: AuditRow) -> dict[str, Any]:
     """The parameters of `cte` for a `row`."""
     return {f"audit_{k}": json.dumps(v) if k == "details" else v for k, v in audit_row.items()}
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 import re
 import unicodedata
 import uuid
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -17,7 +16,15 @@ from backend.core.errors import Conflict, Forbidden, NotFound
 from backend.core.schemas import PageParams
 from backend.projects.dependencies import ProjectContext, ProjectRow
 from backend.projects.models import Project, ProjectMember, Role
-from backend.projects.schemas import Budget, BudgetIn, MemberAdd, ProjectCreate, ProjectUpdate
+from backend.projects.schemas import (
+    Budget,
+    BudgetIn,
+    MemberAdd,
+    MemberOut,
+    ProjectCreate,
+    ProjectOut,
+    ProjectUpdate,
+)
 
 
 def slugify(name: str) -> str:
@@ -26,24 +33,24 @@ def slugify(name: str) -> str:
     return slug[:100].strip("-") or "project"
 
 
-def to_out(project: Project | ProjectRow, role: str | None) -> dict[str, Any]:
+def to_out(project: Project | ProjectRow, role: str | None) -> ProjectOut:
     budget = None
     if project.monthly_cost_limit_usd is not None or project.monthly_token_limit is not None:
         budget = Budget(
             monthly_cost_limit_usd=project.monthly_cost_limit_usd,
             monthly_token_limit=project.monthly_token_limit,
         )
-    return {
-        "id": project.id,
-        "name": project.name,
-        "slug": project.slug,
-        "description": project.description,
-        "owner_id": project.owner_id,
-        "budget": budget,
-        "created_at": project.created_at,
-        "updated_at": project.updated_at,
-        "role": role,
-    }
+    return ProjectOut(
+        id=project.id,
+        name=project.name,
+        slug=project.slug,
+        description=project.description,
+        owner_id=project.owner_id,
+        budget=budget,
+        created_at=project.created_at,
+        updated_at=project.updated_at,
+        role=role,
+    )
 
 
 def _apply_budget(project: Project, budget: BudgetIn | None) -> None:
@@ -86,7 +93,7 @@ async def create(session: AsyncSession, principal: Principal, data: ProjectCreat
 
 async def list_for(
     session: AsyncSession, principal: Principal, paging: PageParams
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[ProjectOut], int]:
     user, key = principal.user, principal.api_key
     if not principal.has_scope("projects:read"):
         raise Forbidden("This API key lacks the projects:read scope")
@@ -161,7 +168,7 @@ async def delete(session: AsyncSession, ctx: ProjectContext) -> None:
 
 async def list_members(
     session: AsyncSession, ctx: ProjectContext, paging: PageParams
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[MemberOut], int]:
     query = (
         select(ProjectMember, User.email)
         .join(User, User.id == ProjectMember.user_id)
@@ -172,13 +179,10 @@ async def list_members(
     return [_member_out(m, email) for m, email in rows], total
 
 
-def _member_out(member: ProjectMember, email: str) -> dict[str, Any]:
-    return {
-        "user_id": member.user_id,
-        "email": email,
-        "role": member.role,
-        "created_at": member.created_at,
-    }
+def _member_out(member: ProjectMember, email: str) -> MemberOut:
+    return MemberOut(
+        user_id=member.user_id, email=email, role=Role(member.role), created_at=member.created_at
+    )
 
 
 def _check_can_assign(ctx: ProjectContext, *roles: str) -> None:
@@ -190,7 +194,7 @@ def _check_can_assign(ctx: ProjectContext, *roles: str) -> None:
         raise Forbidden("Only the project owner can grant or change the admin role")
 
 
-async def add_member(session: AsyncSession, ctx: ProjectContext, data: MemberAdd) -> dict[str, Any]:
+async def add_member(session: AsyncSession, ctx: ProjectContext, data: MemberAdd) -> MemberOut:
     _check_can_assign(ctx, data.role)
     user = await session.scalar(select(User).where(User.email == data.email.lower()))
     if user is None:
@@ -228,7 +232,7 @@ async def _get_member(
 
 async def update_member(
     session: AsyncSession, ctx: ProjectContext, user_id: uuid.UUID, role: Role
-) -> dict[str, Any]:
+) -> MemberOut:
     member, email = await _get_member(session, ctx, user_id)
     if member.role == Role.owner:
         raise Conflict("The owner's role cannot be changed", field="role")
