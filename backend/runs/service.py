@@ -111,13 +111,15 @@ async def submit(
     return RunOut.model_validate(RunRow(row))
 
 
-async def get(session: AsyncSession, ctx: ProjectContext, run_id: uuid.UUID) -> Run:
-    run = await session.scalar(
-        select(Run).where(Run.id == run_id, Run.project_id == ctx.project.id)
-    )
-    if run is None:
+_ONE = sql.Statement.of("SELECT * FROM runs WHERE id = :run_id AND project_id = :project_id")
+
+
+async def get(session: AsyncSession, ctx: ProjectContext, run_id: uuid.UUID) -> RunOut:
+    """The run as committed (or as this transaction wrote it)."""
+    row = await sql.fetchrow(session, _ONE, {"run_id": run_id, "project_id": ctx.project.id})
+    if row is None:
         raise NotFound(f"Run {run_id} not found")
-    return run
+    return RunOut.model_validate(RunRow(row))
 
 
 async def list_runs(
@@ -137,22 +139,22 @@ async def list_runs(
     return await paginate(session, query, paging)
 
 
-async def cancel(session: AsyncSession, ctx: ProjectContext, run_id: uuid.UUID) -> Run:
+async def cancel(session: AsyncSession, ctx: ProjectContext, run_id: uuid.UUID) -> RunOut:
     """Queued → cancelled at once; running → cancelled now, its worker stops within seconds."""
     run = await get(session, ctx, run_id)
-    if RunStatus(run.status) in FINISHED:
+    if run.status in FINISHED:
         return _audit_cancel(session, ctx, run, run.status, changed=False)
     job = {"run_id": run.id, "agent_id": run.agent_id}
     [moved] = await _cancel(session, [job]) or [None]
-    await session.refresh(run)  # as committed by the statement (or by whoever ended it first)
+    run = await get(session, ctx, run_id)  # as the statement wrote it (or whoever ended it first)
     if moved is None:  # it finished meanwhile: answered unchanged
         return _audit_cancel(session, ctx, run, run.status, changed=False)
     return _audit_cancel(session, ctx, run, moved.from_status, changed=True)
 
 
 def _audit_cancel(
-    session: AsyncSession, ctx: ProjectContext, run: Run, from_status: str, *, changed: bool
-) -> Run:
+    session: AsyncSession, ctx: ProjectContext, run: RunOut, from_status: str, *, changed: bool
+) -> RunOut:
     """API.md: a cancel is audited also when it leaves the run as it was (already finished)."""
     audit.record(
         session,
