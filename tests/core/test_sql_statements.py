@@ -45,6 +45,7 @@ async def test_they_see_what_the_session_wrote_before_them(engine, db):
         session.add(User(email=f"orm-{tag}@x.io", hashed_password="x"))
         await session.flush()
         row = await sql.fetchrow(session, _COUNT, {"pattern": f"%{tag}%"})
-        assert row is not None and row["n"] == 1
+        assert row is not None
+        assert row["n"] == 1
         await session.rollback()
     assert await db.scalar(select(func.count()).where(User.email.like(f"%{tag}%"))) == 0
