@@ -135,21 +135,6 @@ async def update(session: AsyncSession, ctx: ProjectContext, data: ProjectUpdate
     return project
 
 
-async def lock_for_spawn(session: AsyncSession, project_id: uuid.UUID) -> None:
-    """Key-share lock the live project until commit; 404 once it is deleted.
-
-    Deletion takes the conflicting lock (FOR UPDATE) first: a spawn either commits before it
-    (and its agent is terminated with the others) or waits and then sees the project deleted.
-    """
-    found = await session.scalar(
-        select(Project.id)
-        .where(Project.id == project_id, Project.deleted_at.is_(None))
-        .with_for_update(key_share=True)
-    )
-    if found is None:
-        raise NotFound(f"Project {project_id} not found")
-
-
 async def delete(session: AsyncSession, ctx: ProjectContext) -> None:
     """The project leaves every listing (its agents and runs end: backend/lifecycle.py)."""
     # Waits for spawns in flight (the spawn's key-share lock) and makes later ones wait for
