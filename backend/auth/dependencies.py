@@ -80,7 +80,13 @@ def columns(table: Any, row: type, prefix: str) -> list[Label[Any]]:
 
 def take(row: type[R], record: Any, prefix: str) -> R:
     """The `row` dataclass from a record's columns labelled by `columns`."""
-    return row(*[record[prefix + f.name] for f in fields(row)])  # type: ignore[arg-type]
+    names = _LABELS.get((row, prefix))
+    if names is None:
+        names = _LABELS[(row, prefix)] = tuple(prefix + f.name for f in fields(row))  # type: ignore[arg-type]
+    return row(*[record[name] for name in names])
+
+
+_LABELS: dict[tuple[type, str], tuple[str, ...]] = {}
 
 
 USER_COLUMNS = columns(User.__table__, UserRow, "u_")
