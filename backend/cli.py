@@ -6,6 +6,7 @@ import asyncio
 import os
 import secrets
 import signal
+import socket
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ async def bootstrap(settings: Settings, *, seed: bool) -> None:
             if seed:
                 from backend.agent_types.seed import seed_fake_types
 
-                await seed_fake_types(session)
+                await seed_fake_types(session, demo_mcp_url=settings.DEMO_MCP_URL)
                 await session.commit()
     finally:
         await engine.dispose()
@@ -69,11 +70,13 @@ def _banner(settings: Settings, embedded: bool, dev_password: str | None) -> str
         if embedded
         else "DATABASE_URL/REDIS_URL"
     )
+    demo = f"  MCP demo:  {settings.DEMO_MCP_URL}  (tools: add, word_count)\n"
     return (
         f"\nAgentry is running at {base} (data: {where})\n"
         f"  API docs:  {base}/docs  (Authorize: {email} / {password})\n"
         f"  Log in:    curl -s {base}/api/v1/auth/login -H 'Content-Type: application/json' "
         f"""-d '{{"email": "{email}", "password": "{password}"}}'\n"""
+        f"{demo if settings.DEMO_MCP_URL else ''}"
         "  Stop:      Ctrl-C\n"
     )
 
@@ -92,9 +95,16 @@ def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
     )
 
 
-async def _serve(settings: Settings, *, with_worker: bool) -> None:
+async def _serve(
+    settings: Settings, *, with_worker: bool, demo_mcp: socket.socket | None = None
+) -> None:
     from backend.main import create_app
 
+    if demo_mcp is not None:  # first up, last down: the worker's runs call its tools
+        from backend.tools.demo_server import serve_demo
+
+        async with serve_demo(sock=demo_mcp):
+            return await _serve(settings, with_worker=with_worker)
     app = create_app(settings)
     server = uvicorn.Server(uvicorn_config(settings, app))
     worker = None
@@ -135,6 +145,11 @@ def dev() -> None:
         overrides["WEBHOOK_ALLOW_PRIVATE_URLS"] = True  # receivers on this machine, by default
     embedded = not (settings.DATABASE_URL and settings.REDIS_URL)
     with ExitStack() as stack:
+        from backend.tools.demo_server import bind, url_of
+
+        # Bound now, served with the API: its URL is known to the seed and the banner.
+        demo_mcp = stack.enter_context(bind())
+        overrides["DEMO_MCP_URL"] = url_of(demo_mcp)
         if embedded:
             typer.echo(f"Starting embedded Postgres and Redis under {settings.DATA_DIR} …")
             services = stack.enter_context(EmbeddedServices(settings.DATA_DIR))
@@ -145,7 +160,7 @@ def dev() -> None:
         asyncio.run(bootstrap(settings, seed=True))
         typer.echo(_banner(settings, embedded, dev_password))
         try:
-            asyncio.run(_serve(settings, with_worker=True))
+            asyncio.run(_serve(settings, with_worker=True, demo_mcp=demo_mcp))
         except KeyboardInterrupt:
             pass
     typer.echo("Agentry stopped.")

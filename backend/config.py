@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     # Maintenance deletes events this many days old once no delivery of them is pending.
     WEBHOOK_EVENT_RETENTION_DAYS: int = Field(7, ge=1)
 
+    # Set by `agentry dev`: the endpoint of the demo MCP server it serves beside the API
+    # (backend/tools/demo_server.py), on a free local port chosen at each start.
+    DEMO_MCP_URL: str | None = None
+
     DB_POOL_SIZE: int = Field(20, ge=1)
     DB_MAX_OVERFLOW: int = Field(20, ge=0)
 

@@ -116,7 +116,17 @@ LINKS: dict[str, dict[str, dict[str, str]]] = {
             "submit_run",
         )
     },
-    "submit_run": {op: _RUN for op in ("get_run", "cancel_run", "stream_run_events")},
+    "submit_run": {
+        op: _RUN
+        for op in (
+            "get_run",
+            "cancel_run",
+            "stream_run_events",
+            "list_run_steps",
+            "submit_tool_outputs",
+            "approve_tool_calls",
+        )
+    },
     "add_member": {op: _MEMBER for op in ("update_member", "remove_member")},
     "create_user": {
         op: {"user_id": "$response.body#/id"} for op in ("get_user", "update_user", "delete_user")
@@ -184,11 +194,11 @@ def build(app: FastAPI) -> dict[str, Any]:
     for name in ("HTTPValidationError", "ValidationError"):
         components["schemas"].pop(name, None)
     components["headers"] = HEADERS
-    client, server = WEBSOCKET_MESSAGES
+    clients, server = WEBSOCKET_MESSAGES
     models: list[tuple[type[BaseModel], Any]] = [
         (model, "serialization") for model in (*RUN_EVENTS.values(), server)
     ]
-    _add_models(components["schemas"], [*models, (client, "validation")])
+    _add_models(components["schemas"], [*models, *((c, "validation") for c in clients)])
     for path, item in spec["paths"].items():
         for operation in item.values():
             _complete(path, operation)
@@ -278,10 +288,13 @@ def websockets() -> dict[str, Any]:
             "description": (
                 "Authenticate with `?access_token=` (or `?api_key=`; non-browser clients may "
                 "send the usual headers). Without the right to submit runs to the agent the "
-                "socket closes with 1008; over the rate limit with 1013. Each client message "
-                "is a RunCreate (the POST …/runs body) and creates a run; the server then sends "
-                "that run's events as WsEvent objects, ending with `end`. A bad message "
-                "answers an `error` event and keeps the socket."
+                "socket closes with 1008; over the rate limit with 1013. A RunCreate message "
+                "(the POST …/runs body) creates a run; the server then sends that run's events "
+                "as WsEvent objects, ending with `end`. A WsToolOutputs or WsApprovals message "
+                "answers the required action of one of the agent's runs, as POST …/tool-outputs "
+                "and …/approvals do; the server then sends that run's events from there on (if "
+                "it does not already). A bad message answers an `error` event and keeps the "
+                "socket."
             ),
             "parameters": [
                 {"name": "project_id", "in": "path", "required": True, "schema": _UUID},
@@ -289,7 +302,9 @@ def websockets() -> dict[str, Any]:
                 {"name": "access_token", "in": "query", "schema": {"type": "string"}},
                 {"name": "api_key", "in": "query", "schema": {"type": "string"}},
             ],
-            "publish": {"$ref": ref(WEBSOCKET_MESSAGES[0].__name__)},
+            "publish": {
+                "oneOf": [{"$ref": ref(model.__name__)} for model in WEBSOCKET_MESSAGES[0]]
+            },
             "subscribe": {"$ref": ref(WEBSOCKET_MESSAGES[1].__name__)},
         }
     }

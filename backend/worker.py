@@ -75,6 +75,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
             log.warning("worker_key_delete_failed", exc_info=True)
         tasks.clear_health(state.settings)
     if state is not None:
+        await state.mcp.aclose()
         await state.db.close()
     engine = ctx.pop("engine", None)
     if engine is not None:

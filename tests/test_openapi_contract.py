@@ -19,8 +19,12 @@ from schemathesis.engine import Status, events, from_schema
 from schemathesis.python import asgi
 
 from backend.agent_types.models import AgentType
-from backend.agent_types.schemas import FakeConfig
+from backend.agent_types.schemas import MASK, ClientTool, FakeConfig, McpServer
+from backend.agent_types.tools import check_names
+from backend.core.errors import ValidationFailed
 from backend.main import create_app
+from backend.runs.providers import fake
+from backend.runs.providers.base import ProviderError
 from backend.webhooks.schemas import WEBHOOK_URL_PATTERN
 from tests.conftest import make_settings
 
@@ -52,13 +56,30 @@ def filter_case(context, case) -> bool:
         if body.get("provider") in (None, "fake") and isinstance(body.get("config"), dict):
             try:
                 FakeConfig.model_validate(body["config"])
-            except ValidationError:
+                fake.FakeConfig.parse(body["config"])  # the script's rules
+            except (ValidationError, ProviderError):
                 return False
+        return _tools_valid(body)
     if label == "PATCH /api/v1/users/me":
         return not isinstance(body.get("password"), str)  # would end every session of ours
     if label.startswith(("PATCH /api/v1/users/{user_id}", "DELETE /api/v1/users/{user_id}")):
         return str(path.get("user_id")) not in ADMIN_ID
     return True
+
+
+def _tools_valid(body: dict) -> bool:
+    """Tools' rules no schema states: unique names, valid JSON Schemas, URL forms, approvals
+    among the allowed tools, and "***" (keep the stored header) only where one is stored."""
+    tools, servers = body.get("tools") or [], body.get("mcp_servers") or []
+    if not isinstance(tools, list) or not isinstance(servers, list):
+        return True  # the schema refuses it
+    try:
+        tools = [ClientTool.model_validate(t).model_dump() for t in tools]
+        servers = [McpServer.model_validate(s).model_dump() for s in servers]
+        check_names(tools, servers)
+    except (ValidationError, ValidationFailed):
+        return False
+    return not any(MASK in server["headers"].values() for server in servers)
 
 
 @schemathesis.hook

@@ -210,7 +210,11 @@ async def test_the_event_stream_has_a_schema_per_event(spec):
 
 async def test_the_websocket_is_described(spec):
     ws = spec["x-websockets"]["/api/v1/projects/{project_id}/agents/{agent_id}/ws"]
-    assert _resolve(spec, ws["publish"])["title"] == "RunCreate"
+    assert [_resolve(spec, m)["title"] for m in ws["publish"]["oneOf"]] == [
+        "RunCreate",
+        "WsToolOutputs",
+        "WsApprovals",
+    ]
     assert "run_id" in _resolve(spec, ws["subscribe"])["properties"]
 
 

@@ -44,6 +44,14 @@ class AgentType(IdMixin, TimestampMixin, Base):
     # {input_per_mtok_usd, output_per_mtok_usd}: overrides the bundled price table.
     pricing: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     config: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    # Client tools [{name, description, input_schema}]: the caller executes them.
+    tools: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default="[]")
+    # MCP servers [{name, url, headers, allowed_tools, require_approval}]; each header value
+    # is a Fernet token (backend/core/secrets.py): sent to the server, never returned.
+    mcp_servers: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default="[]")
+    max_steps: Mapped[int] = mapped_column(server_default="16")
+    tool_timeout_seconds: Mapped[int] = mapped_column(server_default="60")
+    action_timeout_seconds: Mapped[int] = mapped_column(server_default="3600")
     is_active: Mapped[bool] = mapped_column(default=True)
     # Soft delete: agents (terminated ones too) reference their type for history and usage.
     deleted_at: Mapped[datetime | None]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from backend.access import CurrentPrincipal, SuperuserSession, rate_limit
 from backend.agent_types import service
@@ -59,9 +59,14 @@ async def get_agent_type(agent_type_id: uuid.UUID, principal: CurrentPrincipal, 
     dependencies=[rate_limit("agent_types.create", "20/minute")],
 )
 async def create_agent_type(
-    body: AgentTypeCreate, principal: SuperuserSession, session: Session, response: Response
+    body: AgentTypeCreate,
+    principal: SuperuserSession,
+    session: Session,
+    request: Request,
+    response: Response,
 ):
-    agent_type = await service.create(session, principal, body)
+    secret_key = request.app.state.settings.secret_key
+    agent_type = await service.create(session, principal, body, secret_key)
     response.headers["Location"] = f"/api/v1/agent-types/{agent_type.id}"
     return agent_type
 
@@ -75,9 +80,14 @@ async def create_agent_type(
     dependencies=[rate_limit("agent_types.update", "30/minute")],
 )
 async def update_agent_type(
-    agent_type_id: uuid.UUID, body: AgentTypeUpdate, principal: SuperuserSession, session: Session
+    agent_type_id: uuid.UUID,
+    body: AgentTypeUpdate,
+    principal: SuperuserSession,
+    session: Session,
+    request: Request,
 ):
-    return await service.update(session, principal, agent_type_id, body)
+    secret_key = request.app.state.settings.secret_key
+    return await service.update(session, principal, agent_type_id, body, secret_key)
 
 
 @router.delete(

@@ -9,6 +9,7 @@ deleted type never gets a live agent and a type with a live agent is never delet
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy import column, exists, select, table
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.agent_types import tools
 from backend.agent_types.models import AgentType, ProviderName
 from backend.agent_types.schemas import AgentTypeCreate, AgentTypeUpdate, FakeConfig
 from backend.audit import service as audit
@@ -24,6 +26,8 @@ from backend.auth.dependencies import Principal
 from backend.core.db import paginate, utcnow
 from backend.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from backend.core.schemas import PageParams
+from backend.runs.providers import fake
+from backend.runs.providers.base import ProviderError
 
 # The agents that use a type (agents depend on agent types, not the other way round).
 _agents = table("agents", column("agent_type_id"), column("status"))
@@ -31,9 +35,19 @@ _LIVE = AgentType.deleted_at.is_(None)
 
 
 def check_config(provider: str, config: dict[str, Any]) -> None:
-    """Validate the provider-specific `config` (only `fake` has a known schema)."""
+    """Validate the provider-specific `config` (only `fake` has a known schema): first what the
+    provider itself reads (its messages name the wrong script turn), then the bounds and the
+    unknown keys of the schema."""
     if provider != ProviderName.fake:
         return
+    try:
+        fake.FakeConfig.parse(config)
+    except ProviderError as exc:
+        detail = exc.message.removeprefix("fake provider: ")
+        # "script[1].tool_calls[0].name must be …" -> config.script.1.tool_calls.0.name
+        path = _PARSE_PATH.match(detail)
+        field = "config." + re.sub(r"\[(\d+)\]", r".\1", path.group(1)) if path else "config"
+        raise ValidationFailed(f"{field}: {detail}", field=field) from None
     try:
         FakeConfig.model_validate(config)
     except ValidationError as exc:
@@ -51,13 +65,25 @@ def check_config(provider: str, config: dict[str, Any]) -> None:
         ) from None
 
 
-def _values(data: AgentTypeCreate | AgentTypeUpdate, fields: set[str]) -> dict[str, Any]:
-    values = {f: getattr(data, f) for f in fields if f != "pricing"}
+_PARSE_PATH = re.compile(r"^([a-z_]+(?:\[\d+\]|\.[a-z_]+)*) ")
+
+
+def _values(
+    data: AgentTypeCreate | AgentTypeUpdate,
+    fields: set[str],
+    secret_key: str,
+    stored_servers: list[dict[str, Any]],
+) -> dict[str, Any]:
+    values = {f: getattr(data, f) for f in fields - {"pricing", "tools", "mcp_servers"}}
     if "pricing" in fields:
         # Stored as decimal strings: exact, and what usage.pricing reads.
         values["pricing"] = (
             data.pricing.model_dump(mode="json", exclude_none=True) if data.pricing else None
         )
+    if "tools" in fields:
+        values["tools"] = [tool.model_dump(mode="json") for tool in data.tools]
+    if "mcp_servers" in fields:
+        values["mcp_servers"] = tools.store_servers(data.mcp_servers, stored_servers, secret_key)
     return values
 
 
@@ -69,9 +95,13 @@ async def _flush_unique(session: AsyncSession, slug: str) -> None:
         raise Conflict(f"An agent type with slug '{slug}' already exists", field="slug") from None
 
 
-async def create(session: AsyncSession, principal: Principal, data: AgentTypeCreate) -> AgentType:
+async def create(
+    session: AsyncSession, principal: Principal, data: AgentTypeCreate, secret_key: str
+) -> AgentType:
     check_config(data.provider, data.config)
-    agent_type = AgentType(**_values(data, set(AgentTypeCreate.model_fields)))
+    values = _values(data, set(AgentTypeCreate.model_fields), secret_key, [])
+    tools.check_names(values["tools"], values["mcp_servers"])
+    agent_type = AgentType(**values)
     session.add(agent_type)
     await _flush_unique(session, data.slug)
     audit.record(
@@ -115,13 +145,22 @@ async def _locked(session: AsyncSession, type_id: uuid.UUID) -> AgentType:
 
 
 async def update(
-    session: AsyncSession, principal: Principal, type_id: uuid.UUID, data: AgentTypeUpdate
+    session: AsyncSession,
+    principal: Principal,
+    type_id: uuid.UUID,
+    data: AgentTypeUpdate,
+    secret_key: str,
 ) -> AgentType:
     agent_type = await _locked(session, type_id)
     fields = data.model_fields_set
     if fields & {"provider", "config"}:
         check_config(data.provider or agent_type.provider, _pick(data.config, agent_type.config))
-    for name, value in _values(data, fields).items():
+    values = _values(data, fields, secret_key, agent_type.mcp_servers)
+    if fields & {"tools", "mcp_servers"}:
+        tools.check_names(
+            values.get("tools", agent_type.tools), values.get("mcp_servers", agent_type.mcp_servers)
+        )
+    for name, value in values.items():
         setattr(agent_type, name, value)
     agent_type.updated_at = utcnow()
     await _flush_unique(session, agent_type.slug)

@@ -62,7 +62,9 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     _ROOT.setLevel(level.upper())
     # uvicorn's access log duplicates ours and has no request id.
     logging.getLogger("uvicorn.access").disabled = True
-    for noisy in ("httpx", "httpcore", "arq.worker", "arq.jobs"):
+    # httpx2 (the LLM and MCP SDKs' client) logs every request with its URL at INFO; the mcp
+    # SDK its sessions' comings and goings.
+    for noisy in ("httpx", "httpcore", "httpx2", "mcp", "arq.worker", "arq.jobs"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, _ROOT.level))
 
 

@@ -20,23 +20,55 @@ from redis.exceptions import RedisError
 from backend.config import Settings
 from backend.core.db import storable
 from backend.runs import metrics as runs_metrics
-from backend.runs import streams
+from backend.runs import steps, streams
 from backend.runs.attempt import Attempt, WorkerState
 from backend.runs.pipeline import Conclusion as C
+from backend.runs.providers import Message
 from backend.runs.schemas import RunRow
 from backend.usage import service as usage
 
 log = structlog.get_logger()
 
 
+class Taken(Exception):
+    """The run is no longer this attempt's: cancelled, or recovered by another worker."""
+
+
+async def checkpoint(w: WorkerState, state: Attempt) -> None:
+    """Commit the step(s) that just ended with their calls' usage (the run stays running);
+    Taken when the run is no longer this attempt's (its calls are counted all the same)."""
+    had_calls = bool(state.calls)
+    row = await _run(w, state, C.step)
+    state.calls = []
+    if row is None or not row.stepped:
+        raise Taken
+    state.committed += state.steps
+    state.steps = []
+    if row.cost_limit is not None or row.token_limit is not None:
+        names = ("cost_limit", "token_limit", "month_cost", "month_tokens", "cost_spent")
+        values = {name: getattr(row, name) for name in (*names, "tokens_spent")}
+        state.budget = usage.BudgetState(**values)
+    if had_calls:
+        state.events.add(streams.USAGE, streams.usage_data(row))
+
+
 async def conclude(w: WorkerState, state: Attempt) -> str:
     c, error = state.claimed, state.error
+    if state.action is not None:
+        return await _parked(
+            w, state, await _run(w, state, C.requires_action, j_action=state.action)
+        )
     if state.completion is not None:
         assert state.model is not None
-        values = {"j_output": storable(state.completion.text), "j_model": state.model}
+        messages = [Message("user", c.input), *state.messages]
+        values = {
+            "j_output": storable(state.completion.text),
+            "j_model": state.model,
+            "j_messages": [steps.message_json(m) for m in messages],
+        }
         return await _finished(w, state, await _run(w, state, C.succeeded, **values))
     assert error is not None
-    if error.transient and c.attempt <= c.max_retries:
+    if error.transient and c.retries < c.max_retries:
         delay = backoff(w.settings, c.attempt)
         row = await _run(w, state, C.retry, j_error=_error(error))
         return "retrying" if await _requeued(w, state, row, delay=delay) else "taken"
@@ -60,11 +92,13 @@ async def _run(w: WorkerState, state: Attempt, kind: C, **values: Any) -> Any:
         "j_provider": c.provider,
         **values,
     }
-    calls = [(call.model, call.usage, call.succeeded, call.error) for call in state.calls]
+    calls = [
+        (call.model, call.usage, call.succeeded, call.error, call.step) for call in state.calls
+    ]
     priced = usage.priced_calls(
         c.run_id, c.provider, calls, pricing_override=c.pricing, at=datetime.now(UTC)
     )
-    row = await w.db.conclude(kind, job, priced)
+    row = await w.db.conclude(kind, job, priced, state.steps)
     return None if row is None else RunRow(row)
 
 
@@ -79,6 +113,18 @@ async def _finished(w: WorkerState, state: Attempt, run: Any) -> str:
     # The run's stream ends with what committed; this job need not wait for Redis (its slot
     # goes to the next run sooner): the process's Publisher sends it, flushed at shutdown.
     await state.events.close(streams.final_events(run), final=True, wait=False)
+    return run.status
+
+
+async def _parked(w: WorkerState, state: Attempt, run: Any) -> str:
+    """After the commit of a required action: the run waits, holding no worker."""
+    if run is None or not run.moved:
+        await _announce_usage(state, run)
+        return "taken"
+    assert state.action is not None
+    events = [(streams.USAGE, streams.usage_data(run))] if state.calls else []
+    events += [(streams.STATUS, {"status": run.status}), (streams.REQUIRES_ACTION, state.action)]
+    await state.events.close(events, wait=False)
     return run.status
 
 

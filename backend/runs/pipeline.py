@@ -54,8 +54,10 @@ from backend.config import Settings
 from backend.core.batching import Batcher
 from backend.core.errors import is_connection_error
 from backend.runs import state as run_state
+from backend.runs import steps
 from backend.runs.models import RunStatus
 from backend.usage import service as usage
+from backend.webhooks import outbox
 
 log = structlog.get_logger()
 A, R = AgentStatus, RunStatus
@@ -110,7 +112,7 @@ async def _warm(conn: asyncpg.Connection) -> None:
     server backend loads its caches and plans them, and asyncpg keeps the prepared statements,
     before a burst of runs needs them (~20 ms a connection)."""
     now = datetime.now(UTC)
-    params: dict[str, Any] = {"run_ids": [], "attempts": [], "jobs": [], "calls": []}
+    params: dict[str, Any] = {"run_ids": [], "attempts": [], "jobs": [], "calls": [], "steps": []}
     params["worker_id"] = ""
     params |= {"history": 0, "now": now, "bucket": now, "reason": ""}
     for stmt in (CLAIM, CONCLUDE[Conclusion.succeeded]):
@@ -166,7 +168,7 @@ async def _transaction(conn: asyncpg.Connection, lock: str, stmt: Statement, par
 _CLAIM_JOBS = """
 job AS (SELECT * FROM unnest(:run_ids::uuid[], :attempts::int[]) AS j(run_id, j_attempt))"""
 # The runs each job may start: queued at the job's attempt, its agent's oldest queued run, and
-# none of the agent's runs running.
+# none of the agent's runs running or waiting for an action (it keeps the agent's turn).
 _CLAIMABLE = """
 claimable AS (
     SELECT ro.id, ro.agent_id FROM run_old ro
@@ -174,7 +176,7 @@ claimable AS (
         AND ro.seq = (SELECT min(q.seq) FROM runs q
             WHERE q.agent_id = ro.agent_id AND q.status = 'queued')
         AND NOT EXISTS (SELECT FROM runs b
-            WHERE b.agent_id = ro.agent_id AND b.status = 'running')
+            WHERE b.agent_id = ro.agent_id AND b.status IN ('running', 'requires_action'))
 )"""
 
 
@@ -202,22 +204,32 @@ def _claim_sql() -> str:
         now=":now::timestamptz",
     )
     return f"""WITH {_CLAIM_JOBS},{run_old},{_CLAIMABLE},{agents},{run_new}
-SELECT rn.id, rn.project_id, rn.agent_id, rn.attempt, rn.input, rn.timeout_seconds,
+SELECT rn.id, rn.project_id, rn.agent_id, rn.attempt, rn.retries, rn.input, rn.timeout_seconds,
     t.provider, t.model, t.system_prompt, t.temperature, t.max_tokens, t.config,
     t.fallback_models, t.timeout_seconds AS type_timeout_seconds, t.max_retries, t.pricing,
-    h.roles, h.contents, b.cost_limit, b.token_limit, b.month_cost, b.month_tokens,
-    b.cost_spent, b.tokens_spent
+    t.tools, t.mcp_servers, t.max_steps, t.tool_timeout_seconds, t.action_timeout_seconds,
+    h.roles, h.contents, h.tool_calls, h.tool_call_ids, h.is_errors, st.steps,
+    b.cost_limit, b.token_limit, b.month_cost, b.month_tokens, b.cost_spent, b.tokens_spent
 FROM run_new rn
 JOIN agent_moved am ON am.id = rn.agent_id
 JOIN agent_types t ON t.id = am.agent_type_id
 LEFT JOIN LATERAL (
     SELECT array_agg(m.role ORDER BY m.seq) AS roles,
-        array_agg(m.content ORDER BY m.seq) AS contents
+        array_agg(m.content ORDER BY m.seq) AS contents,
+        array_agg(m.tool_calls ORDER BY m.seq) AS tool_calls,
+        array_agg(m.tool_call_id ORDER BY m.seq) AS tool_call_ids,
+        array_agg(m.is_error ORDER BY m.seq) AS is_errors
     FROM (
-        SELECT c.role, c.content, c.seq FROM conversation_messages c
+        SELECT c.role, c.content, c.tool_calls, c.tool_call_id, c.is_error, c.seq
+        FROM conversation_messages c
         WHERE c.agent_id = rn.agent_id ORDER BY c.seq DESC LIMIT :history::int
     ) m
 ) h ON true
+LEFT JOIN LATERAL (
+    -- a resumed run's committed steps, to continue after the last one
+    SELECT jsonb_agg(to_jsonb(s) ORDER BY s.index) AS steps FROM run_steps s
+    WHERE s.run_id = rn.id AND rn.steps > 0
+) st ON true
 LEFT JOIN LATERAL {usage.budget_sql("rn.project_id", ":now::timestamptz")} b ON true
 WHERE rn.moved"""
 
@@ -235,7 +247,10 @@ class Conclusion(StrEnum):
     retry = "retry"  # back to queued with the error; the next attempt is deferred
     release = "release"  # back to queued as it was (the worker is stopping)
     account = "account"  # no longer this attempt's run: only its calls are counted
-    cancelled = "cancelled"  # queued or running, whoever runs it (cancel, terminate, delete)
+    cancelled = "cancelled"  # any unfinished run, whoever runs it (cancel, terminate, delete)
+    step = "step"  # a step ended: its row and calls committed, the run still running
+    requires_action = "requires_action"  # parked until answered; no worker holds it
+    expired = "expired"  # a required action not answered in time (the reaper): failed
 
 
 C = Conclusion
@@ -244,36 +259,83 @@ _FINAL = {
     C.failed: R.failed,
     C.timed_out: R.timed_out,
     C.cancelled: R.cancelled,
+    C.expired: R.failed,
+}
+_TARGET = {
+    **_FINAL,
+    C.retry: R.queued,
+    C.release: R.queued,
+    C.account: R.queued,
+    C.step: R.running,  # no run moves to where it is: a step only writes what it adds
+    C.requires_action: R.requires_action,
+}
+_SOURCES = {
+    C.cancelled: {R.queued, R.running, R.requires_action},
+    C.expired: {R.requires_action},
 }
 # j_heartbeat: the reaper's "no heartbeat since it looked" (NULL for a worker's own run).
 _CONCLUDE_JOBS = """
 job AS (
     SELECT * FROM jsonb_to_recordset(:jobs::jsonb) AS j(run_id uuid, j_worker text,
         j_attempt int, j_provider text, j_output text, j_model text, j_error jsonb,
-        j_heartbeat timestamptz)
+        j_heartbeat timestamptz, j_action jsonb, j_messages jsonb)
 )"""
 # Still this attempt's: running, by this worker, at this attempt (and, for the reaper, not
 # heartbeating since it looked).
 _OURS = """o.worker_id = o.j_worker AND o.attempt = o.j_attempt
         AND (o.j_heartbeat IS NULL OR o.heartbeat_at = o.j_heartbeat)"""
+# The reaper's expiry: the action's deadline has passed (as the reaper saw it).
+_EXPIRED = """EXISTS (SELECT FROM runs x
+        WHERE x.id = o.id AND x.action_expires_at <= :now::timestamptz)"""
+_GUARDS = {
+    C.account: "false",
+    C.cancelled: "true",
+    C.step: "false",
+    C.expired: _EXPIRED,
+}
+# Whose steps a conclusion writes: the attempt's own while it runs; for a run that ended
+# elsewhere (account), the failed step whose calls it counts, unless it resumed meanwhile.
+_FINAL_STATUSES = ", ".join(f"'{s.value}'" for s in sorted(set(_FINAL.values())))
+_ENDED_ELSEWHERE = f"o.status IN ({_FINAL_STATUSES})"
+_STEPS_WHEN = {
+    C.account: _ENDED_ELSEWHERE,
+    C.step: f"(o.status = 'running' AND {_OURS}) OR {_ENDED_ELSEWHERE}",
+    C.cancelled: "false",
+    C.expired: "false",
+}
 _FINISHED = """
 finished AS (
     SELECT id, project_id, agent_id, provider, model, status FROM run_new WHERE moved
 )"""
-# The runs' inputs and answers join their agents' histories, in this order (seq).
+# A run's messages (its input, its tool calls and their results, its answer: the job's
+# j_messages) join its agent's history, in this order (seq).
 _CONVERSATION = """
 conversation AS (
-    INSERT INTO conversation_messages (id, agent_id, run_id, role, content, created_at)
-    SELECT gen_random_uuid(), rn.agent_id, rn.id, m.role,
-        CASE m.n WHEN 1 THEN rn.input ELSE rn.output END, :now::timestamptz
-    FROM run_new rn, (VALUES (1, 'user'), (2, 'assistant')) AS m(n, role)
+    INSERT INTO conversation_messages (id, agent_id, run_id, role, content, tool_calls,
+        tool_call_id, is_error, created_at)
+    SELECT gen_random_uuid(), rn.agent_id, rn.id, m.role, m.content, m.tool_calls,
+        m.tool_call_id, coalesce(m.is_error, false), :now::timestamptz
+    FROM run_new rn JOIN run_old o ON o.id = rn.id
+    CROSS JOIN LATERAL ROWS FROM (jsonb_to_recordset(o.j_messages) AS (role text, content text,
+        tool_calls jsonb, tool_call_id text, is_error boolean)) WITH ORDINALITY
+        AS m(role, content, tool_calls, tool_call_id, is_error, n)
     WHERE rn.moved
     ORDER BY rn.id, m.n
 )"""
+# A run parked for an action: run.requires_action {run, required_action} for webhooks.
+_REQUIRES_ACTION_EVENTS = outbox.ctes(
+    "run_ra",
+    outbox.EventType.run_requires_action,
+    """
+SELECT rn.project_id, rn.id AS ordering_key, jsonb_build_object(
+        'run', to_jsonb(rn) - 'from_status' - 'moved', 'required_action', rn.required_action
+    ) AS payload, :now::timestamptz AS created_at
+FROM run_new rn WHERE rn.moved""",
+)
 _MOVED_RUN_OF = "EXISTS (SELECT FROM run_new rn WHERE rn.agent_id = o.id AND rn.moved)"
-# No run of the agent is running but the ones this statement just ended.
+# No run of the agent is running (or waiting for an action) but the ones this statement ended.
 _NO_OTHER_RUNNING = """NOT EXISTS (SELECT FROM runs b
-            WHERE b.agent_id = o.id AND b.status = 'running'
+            WHERE b.agent_id = o.id AND b.status IN ('running', 'requires_action')
             AND NOT EXISTS (SELECT FROM run_new rn WHERE rn.id = b.id AND rn.moved))"""
 # An agent just freed: its oldest queued run is the next job to enqueue.
 _HEAD = """SELECT q.id, q.attempt FROM runs q
@@ -289,11 +351,21 @@ def _run_values(kind: Conclusion) -> dict[str, str]:
         values = {"output": "o.j_output", "error": "NULL", "model": "o.j_model"}
     elif kind in (C.failed, C.timed_out, C.retry):
         values = {"error": "o.j_error"}
-    elif kind is C.cancelled:
-        values = {"error": "coalesce(o.j_error, r.error)", "cancel_requested_at": ":now"}
+    elif kind in (C.cancelled, C.expired):
+        values = {"error": "coalesce(o.j_error, r.error)"}
+        if kind is C.cancelled:
+            values["cancel_requested_at"] = ":now"
+    elif kind is C.requires_action:
+        values = {
+            "required_action": "o.j_action",
+            "action_expires_at": "(o.j_action ->> 'expires_at')::timestamptz",
+        }
+    if kind is C.retry:
+        values["retries"] = "r.retries + 1"
     if kind in _FINAL:
-        values["finished_at"] = ":now::timestamptz"
-    elif kind in (C.retry, C.release):
+        values |= {"finished_at": ":now::timestamptz"}
+        values |= {"required_action": "NULL", "action_expires_at": "NULL"}
+    elif kind in (C.retry, C.release, C.requires_action):
         values |= {"worker_id": "NULL", "heartbeat_at": "NULL"}
     return values
 
@@ -322,35 +394,47 @@ def _agent_ctes(kind: Conclusion) -> str:
             " WHERE rn.agent_id = m.id AND rn.moved))",
             **common,
         )
-    when = "false" if kind is C.account else _MOVED_RUN_OF
+    when = "false" if kind in (C.account, C.step) else _MOVED_RUN_OF
+    reason = "'run requires action'" if kind is C.requires_action else "'run retrying'"
     return agent_state.transition_ctes(
-        A.waiting, only_from={A.working}, when=when, reason="'run retrying'", **common
+        A.waiting, only_from={A.working}, when=when, reason=reason, **common
     )
 
 
 def _conclude_sql(kind: Conclusion) -> str:
     final = kind in _FINAL
-    guards = {C.account: "false", C.cancelled: "true"}
     run_old, run_new = run_state.transition_ctes(
-        _FINAL.get(kind, R.queued),
-        only_from={R.queued, R.running} if kind is C.cancelled else {R.running},
-        guard=guards.get(kind, _OURS),
+        _TARGET[kind],
+        only_from=_SOURCES.get(kind, {R.running}),
+        guard=_GUARDS.get(kind, _OURS),
         values=_run_values(kind),
-        counters=usage.RUN_USAGE_SET,
-        joins="LEFT JOIN calls_sum s ON s.run_id = o.id",
-        touch_when="coalesce(s.n, 0) > 0",
+        counters=f"{usage.RUN_USAGE_SET},\n        {steps.STEPS_SET}",
+        joins=f"LEFT JOIN calls_sum s ON s.run_id = o.id {steps.STEPS_JOIN}",
+        touch_when=f"coalesce(s.n, 0) > 0 OR {steps.STEPS_WRITTEN}",
         now=":now::timestamptz",
     )
-    ctes = [_CONCLUDE_JOBS, run_old, usage.CALLS_CTES, run_new, *([_FINISHED] if final else [])]
-    ctes += [usage.rollup_cte("finished" if final else None), usage.BUDGET_EVENT_CTES]
-    ctes.append(_agent_ctes(kind))
+    steps_in = steps.insert_ctes(when=_STEPS_WHEN.get(kind, f"o.status = 'running' AND {_OURS}"))
+    ctes = [_CONCLUDE_JOBS, run_old, usage.CALLS_CTES, steps_in, run_new]
+    ctes += [*([_FINISHED] if final else []), usage.rollup_cte("finished" if final else None)]
+    ctes += [usage.BUDGET_EVENT_CTES, _agent_ctes(kind)]
     if kind is C.succeeded:
         ctes.append(_CONVERSATION)
+    if kind is C.requires_action:
+        ctes.append(_REQUIRES_ACTION_EVENTS)
+    # After a step, the budget as the next model step must see it (this step's calls included).
+    budget = usage.budget_sql("rn.project_id", ":now::timestamptz", with_calls=True)
+    columns = ", b.cost_spent, b.tokens_spent, b.month_cost, b.month_tokens, b.cost_limit"
+    # still ours: the step was written and the run is running (a run that ended meanwhile
+    # keeps the step, as its calls are counted, but this attempt stops)
+    columns += ", b.token_limit, rn.status = 'running'"
+    columns += " AND EXISTS (SELECT FROM steps_in si WHERE si.run_id = rn.id) AS stepped"
     return f"""WITH {",".join(ctes)}
 SELECT rn.*, coalesce(am.moved, false) AS released, h.id AS next_id, h.attempt AS next_attempt
+    {columns if kind is C.step else ""}
 FROM run_new rn
 LEFT JOIN agent_moved am ON am.id = rn.agent_id
-LEFT JOIN LATERAL ({_HEAD if final else _NO_HEAD}) h ON true"""
+LEFT JOIN LATERAL ({_HEAD if final else _NO_HEAD}) h ON true
+{f"LEFT JOIN LATERAL {budget} b ON true" if kind is C.step else ""}"""
 
 
 CONCLUDE = {kind: Statement.of(_conclude_sql(kind)) for kind in Conclusion}
@@ -371,11 +455,12 @@ async def conclude_in(
     jobs: list[dict[str, Any]],
     *,
     calls: list[dict[str, Any]] | None = None,
+    steps: list[dict[str, Any]] | None = None,
     now: datetime | None = None,
 ) -> list[Any]:
     """`kind` for the runs of `jobs` (run_id, agent_id, and the job columns of the kind), in
     the caller's transaction: the API's cancels and the reaper run the worker's statement.
-    `calls`: usage.priced_calls to account with it. The rows written (from_status, moved,
+    `calls`: usage.priced_calls to account with it; `steps`: steps.row rows. The rows written (from_status, moved,
     released, next_id, next_attempt, ...)."""
     if not jobs:
         return []
@@ -385,6 +470,7 @@ async def conclude_in(
     params = {
         "jobs": json.dumps([_job_columns(job) for job in jobs]),
         "calls": json.dumps(calls or []),
+        "steps": json.dumps(steps or []),
         "now": now,
         "bucket": usage.hour_bucket(now),
         "reason": f"run {kind}",
@@ -426,16 +512,20 @@ class Pipeline:
         return await self._durably("claim", run_id, lambda: self._claims((run_id, attempt)))
 
     async def conclude(
-        self, kind: Conclusion, job: dict[str, Any], calls: list[dict[str, Any]]
+        self,
+        kind: Conclusion,
+        job: dict[str, Any],
+        calls: list[dict[str, Any]],
+        steps: list[dict[str, Any]] | None = None,
     ) -> Any:
-        """`job`: run_id, j_worker, j_attempt, j_provider (+ j_output, j_model, j_error);
-        `calls`: usage.priced_calls. The run after it (with `moved`, `released`, `next_id`,
+        """`job`: run_id, j_worker, j_attempt, j_provider (+ j_output, j_model, j_error,
+        j_action, j_messages); `calls`: usage.priced_calls; `steps`: steps.row rows. The run after it (with `moved`, `released`, `next_id`,
         `next_attempt`), or None when nothing was written (no such run, or not ours and no
         calls). While Postgres is down the attempt's result and usage wait here, in memory,
         and are committed once it is back (the heartbeat keeps the run meanwhile)."""
         run_id = job["run_id"]
         return await self._durably(
-            "conclude", run_id, lambda: self._conclusions[kind]((job, calls))
+            "conclude", run_id, lambda: self._conclusions[kind]((job, calls, steps or []))
         )
 
     async def ping(self) -> None:
@@ -483,14 +573,15 @@ class Pipeline:
         return [claimed.get(job) for job in jobs]
 
     async def _conclude_batch(
-        self, kind: Conclusion, requests: list[tuple[dict[str, Any], list[dict[str, Any]]]]
+        self, kind: Conclusion, requests: list[tuple[dict[str, Any], list[Any], list[Any]]]
     ) -> list[Any]:
-        jobs = [job for job, _ in requests]
+        jobs = [job for job, _, _ in requests]
         agents = _ids(sorted({job["agent_id"] for job in jobs}))
         now = datetime.now(UTC)
         params = {
             "jobs": [{k: v for k, v in job.items() if k != "agent_id"} for job in jobs],
-            "calls": [call for _, calls in requests for call in calls],
+            "calls": [call for _, calls, _ in requests for call in calls],
+            "steps": [step for _, _, steps in requests for step in steps],
             "now": now,
             "bucket": usage.hour_bucket(now),
             "reason": f"run {kind}",

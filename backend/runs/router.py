@@ -15,14 +15,17 @@ from backend.core.db import Session, commit
 from backend.core.idempotency import IdempotencyKeyHeader, Outcome, respond, run_idempotent
 from backend.core.schemas import Page, Paging, error_responses
 from backend.projects.dependencies import Permission, ProjectContext
-from backend.runs import dispatch, service, streams, websocket
+from backend.runs import actions, dispatch, service, streams, websocket
 from backend.runs.dependencies import HeaderCredentials, StreamReader
 from backend.runs.models import FINISHED, RunStatus
 from backend.runs.schemas import (
     EVENT_STREAM_RESPONSE,
     MAX_WAIT_SECONDS,
+    Approvals,
     RunCreate,
     RunOut,
+    StepOut,
+    ToolOutputs,
     run_json,
 )
 from backend.runs.watch import AccessLost, Lease
@@ -165,12 +168,101 @@ async def cancel_run(run_id: uuid.UUID, ctx: RunWriter, session: Session):
 
 
 @router.get(
+    "/projects/{project_id}/runs/{run_id}/steps",
+    response_model=Page[StepOut],
+    operation_id="list_run_steps",
+    summary="List a run's steps (model calls and tool calls), oldest first",
+    responses=_ERR,
+    dependencies=[rate_limit("runs.steps", "120/minute")],
+)
+async def list_run_steps(run_id: uuid.UUID, ctx: RunReader, session: Session, paging: Paging):
+    return paging.build(*await service.list_steps(session, ctx, run_id, paging))
+
+
+_ANSWER_ERR = {**_ERR, **error_responses(409)}
+
+
+@router.post(
+    "/projects/{project_id}/runs/{run_id}/tool-outputs",
+    response_model=RunOut,
+    operation_id="submit_tool_outputs",
+    summary="Answer a run waiting for client tool outputs; it is queued again",
+    description=(
+        "Every pending call of `required_action` (type `submit_tool_outputs`) answered exactly "
+        "once and no other id, else 422 (`field`: `tool_outputs`); 409 `invalid_transition` "
+        "when the run is not waiting for tool outputs (or its action expired). Honors "
+        "`Idempotency-Key`."
+    ),
+    responses=_ANSWER_ERR,
+    dependencies=[rate_limit("runs.tool_outputs", "60/minute")],
+)
+async def submit_tool_outputs(
+    run_id: uuid.UUID,
+    body: ToolOutputs,
+    ctx: RunWriter,
+    session: Session,
+    idempotency_key: IdempotencyKeyHeader = None,
+):
+    return await _answer(session, ctx, run_id, body, "runs.tool_outputs", idempotency_key)
+
+
+@router.post(
+    "/projects/{project_id}/runs/{run_id}/approvals",
+    response_model=RunOut,
+    operation_id="approve_tool_calls",
+    summary="Approve or deny the server tool calls a run waits on; it is queued again",
+    description=(
+        "Every pending call of `required_action` (type `approve_tool_calls`) decided exactly "
+        "once and no other id, else 422 (`field`: `decisions`); 409 `invalid_transition` when "
+        "the run is not waiting for approvals (or its action expired). Approved calls are executed by the worker; a "
+        'denied one gives the model the error result `"denied: <message>"`. The audit log '
+        "records who decided. Honors `Idempotency-Key`."
+    ),
+    responses=_ANSWER_ERR,
+    dependencies=[rate_limit("runs.approvals", "60/minute")],
+)
+async def approve_tool_calls(
+    run_id: uuid.UUID,
+    body: Approvals,
+    ctx: RunWriter,
+    session: Session,
+    idempotency_key: IdempotencyKeyHeader = None,
+):
+    return await _answer(session, ctx, run_id, body, "runs.approvals", idempotency_key)
+
+
+async def _answer(
+    session: AsyncSession,
+    ctx: ProjectContext,
+    run_id: uuid.UUID,
+    body: ToolOutputs | Approvals,
+    scope: str,
+    idempotency_key: str | None,
+) -> JSONResponse:
+    async def create() -> Outcome:
+        run = await actions.answer(session, ctx, run_id, body)
+        return Outcome(200, RunOut.model_validate(run), {})
+
+    return respond(
+        await run_idempotent(
+            session,
+            key=idempotency_key,
+            principal=ctx.principal.identity,
+            scope=f"{scope}:{run_id}",
+            payload=body,
+            create=create,
+        )
+    )
+
+
+@router.get(
     "/projects/{project_id}/runs/{run_id}/events",
     operation_id="stream_run_events",
-    summary="Server-Sent Events of a run: status, delta, usage, then end",
+    summary="Server-Sent Events of a run: status, delta, usage, tool events, then end",
     description=(
         "`text/event-stream`. Each event has an `id:` (monotonic within the run), an `event:` "
-        "name and JSON `data:`. `: keep-alive` comments while the run is quiet. Reconnect "
+        "name and JSON `data:`. `: keep-alive` comments while the run is quiet; a run waiting "
+        "for an action is not final: its stream stays open until it ends. Reconnect "
         "with `Last-Event-ID` to receive only what came after it. Accepts `?access_token=` "
         "for EventSource, which cannot send headers."
     ),

@@ -3,9 +3,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from backend.agent_types.models import ProviderName
 from backend.agent_types.schemas import JsonObject, Money, text
@@ -14,6 +14,7 @@ from backend.core.schemas import Schema, examples, integer
 from backend.runs.models import Run, RunStatus
 
 RunInput = text(100_000, min_length=1)
+MAX_OUTPUT_CHARS = 100_000  # a tool output submitted by the caller
 # Per-attempt limit; the same bound as an agent type's timeout_seconds.
 MAX_TIMEOUT_SECONDS = 3600
 MAX_WAIT_SECONDS = 300
@@ -34,6 +35,10 @@ class RunCreate(BaseModel):
     )
 
 
+# What a `requires_action` run waits for: outputs of client tools, or approvals of server tools.
+ActionType = Literal["submit_tool_outputs", "approve_tool_calls"]
+
+
 class RunError(BaseModel):
     code: str
     message: str
@@ -47,6 +52,27 @@ class RunUsage(BaseModel):
     total_tokens: int
     cost_usd: Money = Field(description="Known cost; a lower bound when cost_unknown")
     cost_unknown: bool = Field(description="Some call's model has no known price")
+
+
+class ToolCall(BaseModel):
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+class RequiredAction(BaseModel):
+    """What a `requires_action` run waits for; also the `requires_action` event."""
+
+    model_config = examples(
+        {
+            "type": "submit_tool_outputs",
+            "tool_calls": [{"id": "call_2", "name": "open_ticket", "arguments": {"id": 42}}],
+            "expires_at": "2026-01-01T00:10:00Z",
+        }
+    )
+    type: ActionType
+    tool_calls: list[ToolCall] = Field(description="The calls awaiting an answer, in order")
+    expires_at: datetime = Field(description="Unanswered by then, the run fails (action_expired)")
 
 
 class RunOut(Schema):
@@ -74,6 +100,8 @@ class RunOut(Schema):
                         "cost_usd": 0.0,
                         "cost_unknown": False,
                     },
+                    "steps": 1,
+                    "required_action": None,
                     "metadata": {},
                     "created_at": "2025-01-01T00:00:00Z",
                     "started_at": "2025-01-01T00:00:00.010Z",
@@ -93,6 +121,10 @@ class RunOut(Schema):
     model: str
     provider: ProviderName
     usage: RunUsage = Field(description="Every attempt's provider calls, each counted once")
+    steps: int = Field(description="Steps so far (model and tool steps; the next step's index)")
+    required_action: RequiredAction | None = Field(
+        description="While `requires_action`: what the run waits for (else null)"
+    )
     metadata: dict[str, Any]
     created_at: datetime
     started_at: datetime | None
@@ -142,6 +174,8 @@ def run_fields(run: Run | RunRow) -> dict[str, Any]:
             "cost_usd": run.cost_usd,
             "cost_unknown": run.cost_unknown,
         },
+        "steps": run.steps,
+        "required_action": run.required_action,
         "metadata": run.run_metadata,
         "created_at": run.created_at,
         "started_at": run.started_at,
@@ -193,32 +227,13 @@ class ToolResultEvent(BaseModel):
     is_error: bool
 
 
-class RequiredToolCall(BaseModel):
-    id: str
-    name: str
-    arguments: dict[str, Any]
-
-
-class RequiresActionEvent(BaseModel):
-    model_config = examples(
-        {
-            "type": "submit_tool_outputs",
-            "tool_calls": [{"id": "call_2", "name": "open_ticket", "arguments": {"id": 42}}],
-            "expires_at": "2026-01-01T00:10:00Z",
-        }
-    )
-    type: Literal["submit_tool_outputs", "approve_tool_calls"]
-    tool_calls: list[RequiredToolCall]
-    expires_at: datetime
-
-
 RUN_EVENTS: dict[str, type[BaseModel]] = {
     "status": StatusEvent,
     "delta": DeltaEvent,
     "usage": UsageEvent,
     "tool_call": ToolCallEvent,
     "tool_result": ToolResultEvent,
-    "requires_action": RequiresActionEvent,
+    "requires_action": RequiredAction,
     "end": RunOut,
 }
 EVENT_ID = r"^\d{1,20}-\d{1,20}$"
@@ -257,8 +272,128 @@ EVENT_STREAM_RESPONSE = {
 }
 
 
-# The WebSocket at …/agents/{agent_id}/ws: a client sends RunCreate messages; the server
-# answers each with its run's events (RUN_EVENTS), or an `error` event.
+# Answers to a required action (POST …/tool-outputs, …/approvals, and the WebSocket).
+MAX_ANSWERS = 128
+ToolCallId = text(200, min_length=1)
+
+
+class ToolOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tool_call_id: ToolCallId
+    output: text(MAX_OUTPUT_CHARS) = Field(description="What the tool returned, as text")
+    is_error: StrictBool = Field(False, description="The tool failed: `output` says why")
+
+
+class ToolOutputs(BaseModel):
+    model_config = examples(
+        {"tool_outputs": [{"tool_call_id": "call_2", "output": "ticket 42: open"}]},
+        extra="forbid",
+    )
+    tool_outputs: Annotated[list[ToolOutput], Field(min_length=1, max_length=MAX_ANSWERS)] = Field(
+        description="One per pending tool call, each exactly once"
+    )
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tool_call_id: ToolCallId
+    approve: StrictBool
+    message: text(2000) | None = Field(
+        None, description='On a denial, told to the model: "denied: <message>"'
+    )
+
+
+class Approvals(BaseModel):
+    model_config = examples(
+        {"decisions": [{"tool_call_id": "call_1", "approve": False, "message": "not today"}]},
+        extra="forbid",
+    )
+    decisions: Annotated[list[Decision], Field(min_length=1, max_length=MAX_ANSWERS)] = Field(
+        description="One per pending tool call, each exactly once"
+    )
+
+
+class Approval(BaseModel):
+    approved: bool
+    message: str | None
+    actor_user_id: uuid.UUID | None = Field(description="Who decided")
+    actor_api_key_id: uuid.UUID | None = Field(description="Through this API key, if any")
+
+
+class StepOut(Schema):
+    """A model step (provider … usage) or a tool step (tool_call_id … approval); the other
+    kind's fields are null."""
+
+    model_config = examples(
+        {
+            "id": "2b0f6f0e-7d0c-4f7e-9f57-1f2f3e4d5c6b",
+            "run_id": "0d6f3c8e-8a55-4c51-9a3e-5b3f4c1c2d7a",
+            "index": 1,
+            "kind": "tool",
+            "status": "succeeded",
+            "provider": None,
+            "model": None,
+            "attempt": 1,
+            "text": None,
+            "tool_calls": None,
+            "usage": None,
+            "tool_call_id": "call_0_0",
+            "name": "lookup",
+            "arguments": {"email": "a@example.com"},
+            "executor": "client",
+            "output": "customer 7",
+            "is_error": False,
+            "approval": None,
+            "started_at": "2026-01-01T00:00:00Z",
+            "finished_at": "2026-01-01T00:00:03Z",
+        }
+    )
+    id: uuid.UUID
+    run_id: uuid.UUID
+    index: int
+    kind: Literal["model", "tool"]
+    status: Literal["running", "succeeded", "failed"]
+    provider: ProviderName | None
+    model: str | None
+    attempt: int
+    text: str | None
+    tool_calls: list[ToolCall] | None
+    usage: RunUsage | None = Field(description="A model step's provider calls (every attempt)")
+    tool_call_id: str | None
+    name: str | None
+    arguments: dict[str, Any] | None
+    executor: Literal["server", "client"] | None
+    output: str | None
+    is_error: bool | None
+    approval: Approval | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+# The WebSocket at …/agents/{agent_id}/ws: a client sends RunCreate messages, or answers to a
+# run's required action; the server answers with the runs' events (RUN_EVENTS), or an `error`.
+class WsToolOutputs(ToolOutputs):
+    model_config = examples(
+        {
+            "run_id": "0d6f3c8e-8a55-4c51-9a3e-5b3f4c1c2d7a",
+            "tool_outputs": [{"tool_call_id": "call_2", "output": "ticket 42: open"}],
+        },
+        extra="forbid",
+    )
+    run_id: uuid.UUID
+
+
+class WsApprovals(Approvals):
+    model_config = examples(
+        {
+            "run_id": "0d6f3c8e-8a55-4c51-9a3e-5b3f4c1c2d7a",
+            "decisions": [{"tool_call_id": "call_1", "approve": True}],
+        },
+        extra="forbid",
+    )
+    run_id: uuid.UUID
+
+
 class WsError(BaseModel):
     code: ErrorCode
     message: str
@@ -284,12 +419,15 @@ class WsEvent(BaseModel):
         | UsageEvent
         | ToolCallEvent
         | ToolResultEvent
-        | RequiresActionEvent
+        | RequiredAction
         | RunOut
         | WsError
     ) = Field(description="As the SSE event of the same name; WsError on `error`")
     run_id: uuid.UUID | None = Field(None, description="The run the event belongs to")
 
 
-# (what a client sends, what the server sends)
-WEBSOCKET_MESSAGES: tuple[type[BaseModel], type[BaseModel]] = (RunCreate, WsEvent)
+# (what a client may send, what the server sends)
+WEBSOCKET_MESSAGES: tuple[tuple[type[BaseModel], ...], type[BaseModel]] = (
+    (RunCreate, WsToolOutputs, WsApprovals),
+    WsEvent,
+)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.agents.models import AgentStatus
@@ -27,13 +27,13 @@ from backend.projects.dependencies import ProjectContext
 from backend.runs import dispatch, pipeline, streams
 from backend.runs import metrics as runs_metrics
 from backend.runs import state as run_state
-from backend.runs.models import FINISHED, Run, RunStatus
+from backend.runs.models import FINISHED, ProviderCall, Run, RunStatus, RunStep
 from backend.runs.pipeline import Conclusion
 from backend.runs.schemas import RunCreate, RunOut, RunRow
 from backend.usage import service as usage
 from backend.webhooks import outbox
 
-_LIVE = (RunStatus.queued, RunStatus.running)
+_LIVE = (RunStatus.queued, RunStatus.running, RunStatus.requires_action)
 _DEFAULTS = sql.scalar_defaults(Run.__table__)  # status queued, attempt 0, counters zero
 _COLUMNS = sorted({"timeout_seconds", "metadata", *_DEFAULTS})
 # The agent key-share locked (a concurrent terminate either sees this run, and cancels it, or
@@ -137,6 +137,51 @@ async def list_runs(
         where.append(Run.status == status.value)
     query = select(Run).where(*where).order_by(Run.created_at.desc(), Run.id.desc())
     return await paginate(session, query, paging)
+
+
+_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+
+
+async def list_steps(
+    session: AsyncSession, ctx: ProjectContext, run_id: uuid.UUID, paging: PageParams
+) -> tuple[list[dict[str, Any]], int]:
+    """The run's steps, oldest first; a model step's usage summed from its provider calls
+    (every attempt) in the same query."""
+    await get(session, ctx, run_id)
+    calls = (
+        select(
+            ProviderCall.step,
+            *(func.sum(getattr(ProviderCall, name)).label(name) for name in _TOKENS),
+            func.coalesce(func.sum(ProviderCall.cost_usd), 0).label("cost_usd"),
+            func.bool_or(ProviderCall.cost_usd.is_(None)).label("cost_unknown"),
+        )
+        .where(ProviderCall.run_id == run_id)
+        .group_by(ProviderCall.step)
+        .subquery()
+    )
+    query = (
+        select(RunStep, calls)
+        .outerjoin(calls, and_(RunStep.kind == "model", calls.c.step == RunStep.index))
+        .where(RunStep.run_id == run_id)
+        .order_by(RunStep.index)
+    )
+    total = select(func.count()).where(RunStep.run_id == run_id)
+    rows, count = await paginate(session, query, paging, total=total, scalars=False)
+    return [_step_fields(row) for row in rows], count
+
+
+def _step_fields(row: Any) -> dict[str, Any]:
+    step: RunStep = row.RunStep
+    fields = {column: getattr(step, column) for column in RunStep.__table__.columns.keys()}
+    fields["usage"] = None
+    if step.kind == "model":
+        tokens = {name: getattr(row, name) or 0 for name in _TOKENS}
+        fields["usage"] = tokens | {
+            "total_tokens": sum(tokens.values()),
+            "cost_usd": row.cost_usd or 0,
+            "cost_unknown": bool(row.cost_unknown),
+        }
+    return fields
 
 
 async def cancel(session: AsyncSession, ctx: ProjectContext, run_id: uuid.UUID) -> RunOut:
@@ -258,7 +303,8 @@ async def wait_for(
     run_id: uuid.UUID,
     seconds: float,
 ) -> Run:
-    """The run once it ended, or as it is after `seconds` (blocking reads on its event stream)."""
+    """The run once it ended or waits for an action (it cannot end before someone answers), or
+    as it is after `seconds` (blocking reads on its event stream)."""
     try:
         async with asyncio.timeout(seconds):
             async for event in streams.follow(
@@ -266,6 +312,11 @@ async def wait_for(
             ):
                 if event is not None and event.name == streams.END:
                     break
+                if event is not None and event.name == streams.REQUIRES_ACTION:
+                    run = await streams.load_run(sessionmaker, project_id, run_id)
+                    # Else an action already answered: keep waiting.
+                    if run is not None and run.status == RunStatus.requires_action:
+                        return run
     except TimeoutError:
         pass
     run = await streams.load_run(sessionmaker, project_id, run_id)

@@ -1,8 +1,9 @@
 """The run state machine: the only writer of `runs.status`.
 
     queued  -> running (a worker's claim), cancelled
-    running -> queued (retry, or recovery after a lost worker), succeeded, failed,
-               cancelled, timed_out
+    running -> queued (retry, or recovery after a lost worker), requires_action (a client tool
+               or an approval is needed), succeeded, failed, cancelled, timed_out
+    requires_action -> queued (answered), cancelled, failed (expired)
     succeeded, failed, cancelled, timed_out: final
 
 A transition is one conditional UPDATE (the rows locked, their status guarded by the allowed
@@ -26,7 +27,10 @@ from backend.webhooks import outbox
 S = RunStatus
 TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     S.queued: frozenset({S.running, S.cancelled}),
-    S.running: frozenset({S.queued, S.succeeded, S.failed, S.cancelled, S.timed_out}),
+    S.running: frozenset(
+        {S.queued, S.requires_action, S.succeeded, S.failed, S.cancelled, S.timed_out}
+    ),
+    S.requires_action: frozenset({S.queued, S.cancelled, S.failed}),
     S.succeeded: frozenset(),
     S.failed: frozenset(),
     S.cancelled: frozenset(),

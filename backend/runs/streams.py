@@ -1,7 +1,8 @@
 """Per-run event log: a Redis Stream `agentry:run:<run_id>:events`, replayable and resumable.
 
 Events: `status` {status, ...}, `delta` {text}, `usage` {input_tokens, output_tokens,
-total_tokens, cost_usd}, `end` {the final run}. Ids are the stream's own (monotonic within
+total_tokens, cost_usd}, `tool_call`, `tool_result`, `requires_action` (API.md "Streaming"),
+`end` {the final run}: only a final status ends a stream (a run waiting for an action does not). Ids are the stream's own (monotonic within
 the run). Writers publish only what has committed. The stream is capped (MAXLEN ~) and
 expires RUN_EVENTS_RETENTION_SECONDS after `end`; Redis is not the truth, so a reader that
 finds no stream (expired, flushed) for a finished run gets a history synthesized from the
@@ -33,6 +34,7 @@ from backend.runs.schemas import RunRow, run_json
 log = structlog.get_logger()
 
 STATUS, DELTA, USAGE, END = "status", "delta", "usage", "end"
+TOOL_CALL, TOOL_RESULT, REQUIRES_ACTION = "tool_call", "tool_result", "requires_action"
 # An unfinished run's stream lives a day after its last event (a lost worker never ends it).
 LIVE_TTL_SECONDS = 86_400
 # While a stream is quiet, readers ask the database whether the run ended this often.
@@ -173,6 +175,15 @@ class RunEvents:
             self._last = self.publisher.add(self.run_id, events, ttl)
         if wait and self._last is not None:
             await asyncio.shield(self._last)
+
+
+async def last_id(redis: Redis, run_id: uuid.UUID) -> str | None:
+    """The id of the run's latest event; None when it has none (or Redis cannot tell)."""
+    try:
+        entries = await redis.xrevrange(events_key(run_id), count=1)
+    except (RedisError, OSError):
+        return None
+    return _s(entries[0][0]) if entries else None
 
 
 def parse_id(value: str | None) -> tuple[int, int] | None:

@@ -27,8 +27,9 @@ from typing import Any
 
 import structlog
 from redis.exceptions import RedisError
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy.orm import aliased
 
 from backend.agent_types.models import AgentType
 from backend.agents.models import Agent, AgentStatus
@@ -53,6 +54,10 @@ SWEEP_MIN_AGE = timedelta(seconds=1)
 LOST_WORKER_ERROR = {
     "code": "worker_lost",
     "message": "The worker running this run stopped responding",
+}
+ACTION_EXPIRED = {
+    "code": "action_expired",
+    "message": "The required action was not answered before it expired",
 }
 
 
@@ -165,6 +170,9 @@ async def _keep_runs(w: WorkerState) -> None:
             task.cancel()  # cancelled or recovered elsewhere: stop paying for it
 
 
+_busy = aliased(Run)
+
+
 async def sweep_runs(ctx: dict[str, Any]) -> int:
     """Enqueue the head run of up to SWEEP_BATCH agents that could start one, continuing after
     the last agent of the previous sweep (so every agent is swept, however large the backlog)."""
@@ -177,6 +185,11 @@ async def sweep_runs(ctx: dict[str, Any]) -> int:
             .where(
                 Run.status == RunStatus.queued.value,
                 Agent.status.in_([AgentStatus.idle.value, AgentStatus.waiting.value]),
+                # A run waiting for an action keeps its agent's turn: nothing to start.
+                ~exists().where(
+                    _busy.agent_id == Run.agent_id,
+                    _busy.status == RunStatus.requires_action.value,
+                ),
                 *([] if after is None else [Run.agent_id > after]),
             )
             .order_by(Run.agent_id, Run.seq)
@@ -200,6 +213,47 @@ async def sweep_runs(ctx: dict[str, Any]) -> int:
 
 async def reap_runs(ctx: dict[str, Any]) -> int:
     w: WorkerState = ctx["runs"]
+    return await _reap_lost(w) + await expire_actions(w)
+
+
+async def expire_actions(w: WorkerState) -> int:
+    """Runs whose required action was not answered by its `expires_at` end failed
+    (`action_expired`), freeing their agents: the `expired` conclusion, guarded by the
+    deadline, so an answer that committed first wins."""
+    async with w.sessionmaker() as session:
+        rows = (
+            await session.execute(
+                select(Run.id, Run.agent_id)
+                .where(
+                    Run.status == RunStatus.requires_action.value,
+                    Run.action_expires_at <= func.now(),
+                )
+                .order_by(Run.action_expires_at)
+                .limit(SWEEP_BATCH)
+            )
+        ).all()
+        if not rows:
+            return 0
+        jobs = [{"run_id": r.id, "agent_id": r.agent_id, "j_error": ACTION_EXPIRED} for r in rows]
+        rows = await pipeline.conclude_in(session, Conclusion.expired, jobs)
+        ended = [row for row in rows if row.moved]
+        runs = {
+            run.id: run
+            for run in await session.scalars(
+                select(Run)
+                .where(Run.id.in_([row.id for row in ended]))
+                .execution_options(populate_existing=True)
+            )
+        }
+        for row in ended:
+            runs_service.after_end(session, runs[row.id], row)
+        await commit(session)
+    if ended:
+        log.warning("actions_expired", count=len(ended))
+    return len(ended)
+
+
+async def _reap_lost(w: WorkerState) -> int:
     stale = timedelta(seconds=2 * w.settings.WORKER_HEARTBEAT_SECONDS)
     grace = w.settings.RUN_REAP_GRACE_SECONDS
     async with w.sessionmaker() as session:
@@ -212,6 +266,7 @@ async def reap_runs(ctx: dict[str, Any]) -> int:
                     Run.worker_id,
                     Run.heartbeat_at,
                     Run.attempt,
+                    Run.retries,
                     AgentType.max_retries,
                     limit.label("timeout"),
                     func.now().label("now"),
@@ -253,7 +308,7 @@ async def _dead_workers(w: WorkerState, worker_ids: set[str]) -> set[str]:
 async def reap_one(w: WorkerState, r: Any) -> int:
     """Retry (back to queued, next attempt) while retries remain, else fail; free the agent.
     The worker's own retry and failure conclusions, guarded by "no heartbeat since we looked"."""
-    retry = r.attempt <= r.max_retries
+    retry = r.retries < r.max_retries
     job = {
         "run_id": r.id,
         "agent_id": r.agent_id,

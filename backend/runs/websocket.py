@@ -4,7 +4,9 @@ Authenticated by `?access_token=` or `?api_key=` through the same code path as t
 a caller who may not submit runs to the agent (RunWriter) is closed with 1008 (policy
 violation). Each `{"input": …}` message (the POST body) creates a run with the same service
 function as POST; that run's events follow as `{"event", "id", "data", "run_id"}` objects,
-ending with `end`. Credentials are checked again for every message and every
+ending with `end`. `{"run_id", "tool_outputs"}` and `{"run_id", "decisions"}` answer the
+required action of one of the agent's runs with the same function as the POST endpoints
+(backend/runs/actions.py); that run's events from then on follow, if they did not already. Credentials are checked again for every message and every
 STREAM_RECHECK_SECONDS (backend/runs/watch.py): a revoked key, a deactivated user or a removed
 member closes the socket with 1008 within seconds. A caller's open sockets count towards
 MAX_STREAMS_PER_CALLER (beyond it: closed with 1013). Bad messages answer an `error` event and keep the socket.
@@ -13,6 +15,7 @@ MAX_STREAMS_PER_CALLER (beyond it: closed with 1013). Bad messages answer an `er
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -25,9 +28,9 @@ from backend.agents.models import Agent
 from backend.core.db import commit
 from backend.core.errors import AppError, RateLimited
 from backend.projects.dependencies import Permission, ProjectContext
-from backend.runs import service, streams
+from backend.runs import actions, service, streams
 from backend.runs.dependencies import Credentials, authorize
-from backend.runs.schemas import RunCreate
+from backend.runs.schemas import RunCreate, WsApprovals, WsToolOutputs
 from backend.runs.watch import AccessLost, Lease
 
 log = structlog.get_logger()
@@ -58,7 +61,7 @@ class AgentSocket:
         self.token, self.api_key = token, api_key
         self.state = ws.app.state
         self.lock = asyncio.Lock()
-        self.followers: set[asyncio.Task[None]] = set()
+        self.followers: dict[uuid.UUID, asyncio.Task[None]] = {}  # by run
 
     async def authorize(self, session: Any) -> ProjectContext:
         try:
@@ -96,17 +99,25 @@ class AgentSocket:
         while True:
             raw = await self.ws.receive_text()
             try:
-                run_id = await self.submit(RunCreate.model_validate_json(raw))
+                message = _parse(raw)
+                if isinstance(message, RunCreate):
+                    self.watch(await self.submit(message))
+                else:
+                    await self.answer(message)
             except ValidationError as exc:
                 first = exc.errors()[0]
                 field = ".".join(str(p) for p in first.get("loc", ()))
                 await self.error("validation_error", f"{field}: {first.get('msg', 'invalid')}")
             except AppError as exc:
                 await self.error(exc.code, exc.message)
-            else:
-                task = asyncio.create_task(self.follow(run_id))
-                self.followers.add(task)
-                task.add_done_callback(self.followers.discard)
+
+    def watch(self, run_id: uuid.UUID, after: str | None = None) -> None:
+        """Send the run's events (after the event id `after`) until it ends."""
+        if run_id in self.followers:
+            return
+        task = asyncio.create_task(self.follow(run_id, after))
+        self.followers[run_id] = task
+        task.add_done_callback(lambda _: self.followers.pop(run_id, None))
 
     async def submit(self, body: RunCreate) -> uuid.UUID:
         if len(self.followers) >= MAX_LIVE_RUNS:
@@ -123,10 +134,32 @@ class AgentSocket:
             await commit(session)  # enqueues after the commit, as for POST
         return run_id
 
-    async def follow(self, run_id: uuid.UUID) -> None:
+    async def answer(self, body: WsToolOutputs | WsApprovals) -> None:
+        """The required action of one of this agent's runs answered, as by the POST endpoints;
+        the run's events from there on follow, unless this socket already sends them."""
+        if body.run_id not in self.followers and len(self.followers) >= MAX_LIVE_RUNS:
+            raise RateLimited(f"At most {MAX_LIVE_RUNS} unfinished runs per connection")
+        name = "runs.tool_outputs" if isinstance(body, WsToolOutputs) else "runs.approvals"
+        async with self.state.sessionmaker() as session:
+            ctx = await self.authorize(session)
+            verdict = await self.state.limiter.hit(name, "60/minute", ctx.principal.identity)
+            if verdict is not None and not verdict.allowed:
+                raise RateLimited(f"Rate limit of {verdict.limit} per window exceeded")
+            # Read before the answer publishes anything: what follows it is new to the client.
+            after = await streams.last_id(self.state.redis, body.run_id)
+            await actions.answer(session, ctx, body.run_id, body, agent_id=self.agent_id)
+            await commit(session)
+        self.watch(body.run_id, after)
+
+    async def follow(self, run_id: uuid.UUID, after: str | None = None) -> None:
         try:
             async for event in streams.follow(
-                self.state.redis, self.state.sessionmaker, self.project_id, run_id, keepalive=3600
+                self.state.redis,
+                self.state.sessionmaker,
+                self.project_id,
+                run_id,
+                last_event_id=after,
+                keepalive=3600,
             ):
                 if event is not None:
                     await self.send(event.message(run_id))
@@ -173,5 +206,19 @@ async def serve(
     except WebSocketDisconnect:
         pass
     finally:
-        for task in list(sock.followers):
+        for task in list(sock.followers.values()):
             task.cancel()
+
+
+def _parse(raw: str) -> RunCreate | WsToolOutputs | WsApprovals:
+    """A client message, by its keys: an answer to a required action, or a new run."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and "run_id" in data:
+        if "tool_outputs" in data:
+            return WsToolOutputs.model_validate(data)
+        if "decisions" in data:
+            return WsApprovals.model_validate(data)
+    return RunCreate.model_validate_json(raw)

@@ -44,6 +44,7 @@ _COST_SCALE = Decimal("1e-10")  # the NUMERIC(20, 10) columns' scale
 _TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 _ROLLUP_KEY = ["project_id", "bucket", "agent_id", "provider", "model"]
 _ROLLUP_TOKENS = "u.input_tokens + u.output_tokens + u.cache_read_tokens + u.cache_write_tokens"
+_CALL_TOKENS = " + ".join(f"c.{name}" for name in _TOKEN_COLUMNS)
 
 
 def hour_bucket(at: datetime) -> datetime:
@@ -57,16 +58,23 @@ def hour_bucket(at: datetime) -> datetime:
 # worker's claim (backend/runs/pipeline.py) and the metrics. `project` and `now` are SQL
 # expressions. Projects without a budget give no row, so the month's sum is never computed
 # for them.
-def budget_sql(project: str, now: str) -> str:
+def budget_sql(project: str, now: str, *, with_calls: bool = False) -> str:
+    """`with_calls`: also count the calls the caller's statement inserts (its CTE `calls`),
+    which its own snapshot cannot see in the rollups yet."""
     month = f"date_trunc('month', {now} AT TIME ZONE 'UTC')"
+    cost, tokens = "0", "0"
+    if with_calls:
+        mine = "FROM calls c WHERE c.project_id = p.id"
+        cost = f"(SELECT coalesce(sum(c.cost_usd), 0) {mine})"
+        tokens = f"(SELECT coalesce(sum({_CALL_TOKENS}), 0) {mine})"
     return f"""(
     SELECT p.monthly_cost_limit_usd AS cost_limit, p.monthly_token_limit AS token_limit,
         s.cost AS month_cost, s.tokens AS month_tokens,
         coalesce(s.cost >= p.monthly_cost_limit_usd, false) AS cost_spent,
         coalesce(s.tokens >= p.monthly_token_limit, false) AS tokens_spent
     FROM projects p CROSS JOIN LATERAL (
-        SELECT coalesce(sum(u.cost_usd), 0) AS cost,
-            coalesce(sum({_ROLLUP_TOKENS}), 0)::bigint AS tokens
+        SELECT coalesce(sum(u.cost_usd), 0) + {cost} AS cost,
+            (coalesce(sum({_ROLLUP_TOKENS}), 0) + {tokens})::bigint AS tokens
         FROM usage_rollups u
         WHERE u.project_id = p.id AND u.bucket >= {month} AT TIME ZONE 'UTC'
             AND u.bucket < ({month} + interval '1 month') AT TIME ZONE 'UTC'
@@ -142,20 +150,21 @@ def budget_message(state: BudgetState) -> str:
 def priced_calls(
     run_id: uuid.UUID,
     provider: str,
-    calls: Iterable[tuple[str, Usage, bool, dict | None]],
+    calls: Iterable[tuple[str, Usage, bool, dict | None, int]],
     *,
     pricing_override: dict | None = None,
     at: datetime,
 ) -> list[dict[str, Any]]:
-    """An attempt's calls (model, usage, succeeded, error), priced when they ended, as rows of
-    the JSON array `CALLS_CTES` reads (exact decimal strings; None when unknown)."""
+    """An attempt's calls (model, usage, succeeded, error, step index), priced when they ended,
+    as rows of the JSON array `CALLS_CTES` reads (exact decimal strings; None when unknown)."""
     rows = []
-    for model, usage, succeeded, error in calls:
+    for model, usage, succeeded, error, step in calls:
         price = price_call(provider, model, usage, override=pricing_override, at=at)
         cost = None if price.cost_usd is None else str(price.cost_usd.quantize(_COST_SCALE))
         rows.append(
             {
                 "run_id": str(run_id),
+                "step": step,
                 "model": model,
                 "succeeded": succeeded,
                 **{name: getattr(usage, name) for name in _TOKEN_COLUMNS},
@@ -168,23 +177,23 @@ def priced_calls(
     return rows
 
 
-# CTEs `calls` (the calls inserted; a (run, attempt, provider, model) already recorded inserts
+# CTEs `calls` (the calls inserted; a (run, attempt, step, provider, model) already recorded inserts
 # nothing and so counts nothing) and `calls_sum` (per run that has any). Reads the caller's CTE
 # `run_old` (id, project_id, agent_id, j_attempt, j_provider) and parameters :calls, :now.
 CALLS_CTES = """
 calls AS (
-    INSERT INTO provider_calls AS p (id, run_id, project_id, agent_id, attempt, provider, model,
-        succeeded, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd,
+    INSERT INTO provider_calls AS p (id, run_id, project_id, agent_id, attempt, step, provider,
+        model, succeeded, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd,
         price_source, raw_usage, error, created_at)
-    SELECT gen_random_uuid(), r.id, r.project_id, r.agent_id, r.j_attempt, r.j_provider,
+    SELECT gen_random_uuid(), r.id, r.project_id, r.agent_id, r.j_attempt, c.step, r.j_provider,
         c.model, c.succeeded, c.input_tokens, c.output_tokens, c.cache_read_tokens,
         c.cache_write_tokens, c.cost_usd, c.price_source, coalesce(c.raw_usage, '{}'), c.error,
         :now::timestamptz
-    FROM run_old r JOIN jsonb_to_recordset(:calls::jsonb) AS c(run_id uuid, model text,
+    FROM run_old r JOIN jsonb_to_recordset(:calls::jsonb) AS c(run_id uuid, step int, model text,
         succeeded boolean, input_tokens bigint, output_tokens bigint, cache_read_tokens bigint,
         cache_write_tokens bigint, cost_usd numeric, price_source text, raw_usage jsonb,
         error jsonb) ON c.run_id = r.id
-    ON CONFLICT (run_id, attempt, provider, model) DO NOTHING
+    ON CONFLICT (run_id, attempt, step, provider, model) DO NOTHING
     RETURNING p.run_id, p.project_id, p.agent_id, p.provider, p.model, p.input_tokens,
         p.output_tokens, p.cache_read_tokens, p.cache_write_tokens, p.cost_usd
 ),
@@ -205,7 +214,6 @@ RUN_USAGE_SET = ",\n        ".join(
         "cost_unknown = r.cost_unknown OR coalesce(s.unknown, false)",
     ]
 )
-_CALL_TOKENS = " + ".join(f"c.{name}" for name in _TOKEN_COLUMNS)
 
 
 def agent_usage(finished: str | None) -> tuple[str, str]:

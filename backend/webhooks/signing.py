@@ -1,7 +1,7 @@
 """Standard Webhooks signatures, and webhook secrets encrypted at rest.
 
 A secret is `whsec_` + base64 of 32 random bytes; it must sign every delivery, so it is stored
-encrypted (Fernet, key derived from SECRET_KEY), shown once, never returned or logged again.
+encrypted (backend/core/secrets.py), shown once, never returned or logged again.
 """
 
 from __future__ import annotations
@@ -11,31 +11,23 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Iterable
-from functools import lru_cache
 
-from cryptography.fernet import Fernet
+from backend.core import secrets as stored
 
 PREFIX = "whsec_"
+PURPOSE = "webhook-secrets"
 
 
 def new_secret() -> str:
     return PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-@lru_cache(maxsize=8)
-def _fernet(secret_key: str) -> Fernet:
-    # A key of its own, derived: a leak of one use of SECRET_KEY's bytes opens nothing else.
-    digest = hashlib.sha256(b"agentry/webhook-secrets\0" + secret_key.encode()).digest()
-    return Fernet(base64.urlsafe_b64encode(digest))
-
-
 def encrypt(secret: str, secret_key: str) -> str:
-    return _fernet(secret_key).encrypt(secret.encode()).decode()
+    return stored.encrypt(secret, secret_key, PURPOSE)
 
 
-@lru_cache(maxsize=1024)  # every delivery decrypts its endpoint's secrets
 def decrypt(token: str, secret_key: str) -> str:
-    return _fernet(secret_key).decrypt(token.encode()).decode()
+    return stored.decrypt(token, secret_key, PURPOSE)
 
 
 def sign(webhook_secrets: Iterable[str], msg_id: str, timestamp: int, body: bytes) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from arq.worker import Worker
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -25,8 +27,11 @@ from backend.agents.models import Agent
 from backend.config import Settings
 from backend.core.db import create_sessionmaker
 from backend.projects.models import Project
+from backend.runs import streams
 from backend.runs.models import ProviderCall, Run
+from backend.runs.pipeline import Pipeline
 from backend.worker import AgentryWorker, run_worker, worker_options
+from tests.runs.parking import WORKER, Parker
 from tests.support.auth import Actor, Auth
 
 FAST = {
@@ -197,3 +202,34 @@ def spawn_worker_process(settings: Settings, log: Path, **env: object) -> subpro
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+@pytest.fixture
+async def parker(world: World, settings: Settings, app) -> AsyncIterator[Parker]:
+    """Parks runs in requires_action as the worker does (tests/runs/parking.py)."""
+    pipe = await Pipeline.connect(settings.model_copy(update={"DB_POOL_SIZE": 1}), WORKER)
+    try:
+        yield Parker(world, pipe, streams.Publisher(app.state.redis, app.state.settings))
+    finally:
+        await pipe.close()
+
+
+@pytest.fixture(scope="module")
+async def server(app) -> AsyncIterator[str]:
+    """The test app served by uvicorn on 127.0.0.1 (its lifespan already runs)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, lifespan="off", log_config=None, ws="websockets-sansio", timeout_graceful_shutdown=1
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()

@@ -27,16 +27,21 @@ ALLOWED = {
     (S.running, S.failed),
     (S.running, S.cancelled),
     (S.running, S.timed_out),
+    (S.running, S.requires_action),
+    (S.requires_action, S.queued),
+    (S.requires_action, S.cancelled),
+    (S.requires_action, S.failed),
 }
 WORKER = "test:1:w"
-# Every kind of conclusion, and where it takes a run.
+# Every kind of conclusion, where it takes a run, and from where (a worker's conclusions end
+# its running attempt; a cancel ends any unfinished run).
 KINDS = {
-    C.succeeded: S.succeeded,
-    C.failed: S.failed,
-    C.timed_out: S.timed_out,
-    C.retry: S.queued,
-    C.release: S.queued,
-    C.cancelled: S.cancelled,
+    C.succeeded: (S.succeeded, {S.running}),
+    C.failed: (S.failed, {S.running}),
+    C.timed_out: (S.timed_out, {S.running}),
+    C.retry: (S.queued, {S.running}),
+    C.release: (S.queued, {S.running}),
+    C.cancelled: (S.cancelled, {S.queued, S.running, S.requires_action}),
 }
 
 
@@ -72,12 +77,12 @@ async def _status(world: World, run: Run) -> str | None:
 
 async def test_every_pair_of_every_conclusion(world: World) -> None:
     agent = await world.agent()
-    for frm, (kind, to) in itertools.product(S, KINDS.items()):
+    for frm, (kind, (to, froms)) in itertools.product(S, KINDS.items()):
         run = await _run_in(world, frm, agent.id)
         rows = await pipeline.conclude_in(world.db, kind, [_job(run, kind)])
         await world.db.commit()
-        allowed = (frm, to) in ALLOWED
-        assert state.is_allowed(frm, to) is allowed
+        assert state.is_allowed(frm, to) is ((frm, to) in ALLOWED)
+        allowed = (frm, to) in ALLOWED and frm in froms
         assert [(r.from_status, r.moved) for r in rows if r.moved] == (
             [(frm.value, True)] if allowed else []
         ), (frm, kind)

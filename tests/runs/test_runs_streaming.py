@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -144,27 +141,6 @@ async def test_unknown_run_events_is_404(world: World) -> None:
 
 
 # --- WebSocket, over a real server -------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-async def server(app) -> AsyncIterator[str]:
-    """The test app served by uvicorn on 127.0.0.1 (its lifespan already runs)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, lifespan="off", log_config=None, ws="websockets-sansio", timeout_graceful_shutdown=1
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
 
 
 async def _receive_until_end(ws) -> list[dict[str, Any]]:

@@ -102,7 +102,7 @@ async def record_call(
     calls = service.priced_calls(
         run.id,
         provider,
-        [(model, usage, succeeded, error)],
+        [(model, usage, succeeded, error, 0)],
         pricing_override=pricing_override,
         at=at,
     )

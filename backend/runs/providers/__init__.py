@@ -13,6 +13,8 @@ from backend.runs.providers.base import (
     PermanentProviderError,
     Provider,
     ProviderError,
+    ToolCall,
+    ToolSpec,
     TransientProviderError,
     Usage,
 )
@@ -30,6 +32,8 @@ __all__ = [
     "PermanentProviderError",
     "Provider",
     "ProviderError",
+    "ToolCall",
+    "ToolSpec",
     "TransientProviderError",
     "Usage",
     "get_provider",

@@ -6,11 +6,13 @@ read, so they never carry a credential: response bodies are redacted and trimmed
 
 from __future__ import annotations
 
+import json
 import re
 
 from backend.runs.providers.base import (
     PermanentProviderError,
     ProviderError,
+    ToolCall,
     TransientProviderError,
     Usage,
 )
@@ -77,3 +79,32 @@ def incomplete_stream(provider: str, usage: Usage | None) -> TransientProviderEr
     return TransientProviderError(
         "incomplete_stream", f"{provider} stream ended before the response finished", usage=usage
     )
+
+
+def tool_call(
+    provider: str, call_id: str | None, name: str | None, arguments: str, usage: Usage | None
+) -> ToolCall:
+    """A streamed tool call, its JSON ``arguments`` parsed ("" means no arguments).
+
+    Arguments that are not a JSON object are the model's slip, not a lasting fault: the
+    error is transient so that the step is asked again, and it keeps the usage consumed.
+    """
+    if not call_id or not name:
+        raise TransientProviderError(
+            "invalid_response", f"{provider} sent a tool call without an id or name", usage=usage
+        )
+    try:
+        parsed = json.loads(arguments) if arguments.strip() else {}
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        # The arguments are the model's text: they are not quoted into the run's error.
+        raise TransientProviderError(
+            "invalid_tool_arguments",
+            clean_message(
+                f"{provider} sent arguments for tool {name[:64]!r} that are not a JSON object",
+                None,
+            ),
+            usage=usage,
+        )
+    return ToolCall(id=call_id, name=name, arguments=parsed)

@@ -4,10 +4,18 @@ Usage arrives in two parts: ``message_start`` carries the input and cache counts
 ``message_delta`` the cumulative output (and, when present, updated input/cache)
 counts; later non-null values win. Anthropic's ``input_tokens`` already excludes
 cache reads and writes, which is our convention.
+
+Tools: offered as ``tools=[{name, description, input_schema}]``. An assistant message
+with tool calls becomes ``text`` (when not empty) and ``tool_use`` blocks; consecutive
+tool messages become ONE user message of ``tool_result`` blocks (with ``is_error``).
+A streamed ``tool_use`` block's input arrives as ``input_json_delta`` fragments; it is
+parsed once the stream has ended, so that an invalid one (``invalid_tool_arguments``,
+transient) still carries the step's whole usage.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import anthropic
@@ -19,11 +27,13 @@ from backend.runs.providers._common import (
     incomplete_stream,
     not_configured,
     status_error,
+    tool_call,
     transport_error,
 )
 from backend.runs.providers.base import (
     Completion,
     CompletionRequest,
+    Message,
     OnDelta,
     ProviderError,
     TransientProviderError,
@@ -86,12 +96,18 @@ class AnthropicProvider:
                         await on_delta(text)
         except (anthropic.AnthropicError, httpx2.HTTPError) as exc:
             raise self._classify(exc, state.usage()) from exc
+        usage = state.usage()
         if not state.finished:
-            raise incomplete_stream(_LABEL, state.usage())
+            raise incomplete_stream(_LABEL, usage)
+        calls = tuple(
+            tool_call(_LABEL, block["id"], block["name"], block_input(block), usage)
+            for block in state.tool_blocks.values()
+        )
         return Completion(
             text="".join(state.text),
-            usage=state.usage() or Usage(),
+            usage=usage or Usage(),
             model=state.model or request.model,
+            tool_calls=calls,
         )
 
     def _classify(self, exc: Exception, usage: Usage | None) -> ProviderError:
@@ -115,10 +131,15 @@ def build_params(request: CompletionRequest) -> dict[str, Any]:
     params: dict[str, Any] = {
         "model": request.model,
         "max_tokens": request.max_tokens if request.max_tokens is not None else DEFAULT_MAX_TOKENS,
-        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        "messages": wire_messages(request.messages),
     }
     if request.system_prompt:
         params["system"] = request.system_prompt
+    if request.tools:
+        params["tools"] = [
+            {"name": t.name, "description": t.description, "input_schema": t.input_schema}
+            for t in request.tools
+        ]
     extra_body: dict[str, Any] = {}
     if request.temperature is not None:
         extra_body["temperature"] = request.temperature
@@ -130,11 +151,52 @@ def build_params(request: CompletionRequest) -> dict[str, Any]:
     return params
 
 
+def wire_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    wire: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []  # tool results waiting to be sent as one user message
+    for m in messages:
+        if m.role == "tool":
+            results.append(
+                {
+                    "type": "tool_result",
+                    "tool_use_id": m.tool_call_id,
+                    "content": m.content,
+                    "is_error": m.is_error,
+                }
+            )
+            continue
+        if results:
+            wire.append({"role": "user", "content": results})
+            results = []
+        if m.tool_calls:
+            blocks: list[dict[str, Any]] = (
+                [{"type": "text", "text": m.content}] if m.content else []
+            )
+            blocks += [
+                {"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments}
+                for c in m.tool_calls
+            ]
+            wire.append({"role": m.role, "content": blocks})
+        else:
+            wire.append({"role": m.role, "content": m.content})
+    if results:
+        wire.append({"role": "user", "content": results})
+    return wire
+
+
+def block_input(block: dict[str, Any]) -> str:
+    """A tool_use block's input as JSON: its streamed fragments, else the input it started with."""
+    return "".join(block["json"]) if block["json"] else json.dumps(block["input"] or {})
+
+
 class _StreamState:
-    """Accumulates the raw stream events: text, merged usage, model, whether it finished."""
+    """Accumulates the raw stream events: text, tool_use blocks, merged usage, model,
+    whether it finished."""
 
     def __init__(self) -> None:
         self.text: list[str] = []
+        # By block index, in stream order: id, name and the input's JSON fragments.
+        self.tool_blocks: dict[int, dict[str, Any]] = {}
         self.raw_usage: dict[str, Any] | None = None
         self.model: str | None = None
         self.finished = False
@@ -143,9 +205,20 @@ class _StreamState:
         if event.type == "message_start":
             self.model = event.message.model
             self._merge_usage(event.message.usage)
+        elif event.type == "content_block_start" and event.content_block.type == "tool_use":
+            block = event.content_block
+            self.tool_blocks[event.index] = {
+                "id": block.id,
+                "name": block.name,
+                "input": block.input,
+                "json": [],
+            }
         elif event.type == "content_block_delta" and event.delta.type == "text_delta":
             self.text.append(event.delta.text)
             return str(event.delta.text)
+        elif event.type == "content_block_delta" and event.delta.type == "input_json_delta":
+            if (tool_block := self.tool_blocks.get(event.index)) is not None:
+                tool_block["json"].append(event.delta.partial_json)
         elif event.type == "message_delta":
             self._merge_usage(event.usage)
         elif event.type == "message_stop":

@@ -3,10 +3,19 @@
 Usage arrives only in the last chunk (``stream_options.include_usage``), after the
 one carrying ``finish_reason``. OpenAI's ``prompt_tokens`` include cached tokens
 (and any reported cache writes); they are split out so that nothing counts twice.
+
+Tools: offered as ``function`` tools. An assistant message with tool calls carries
+``tool_calls`` (arguments as a JSON string; ``content`` null when it has no text); a
+tool message is ``{"role": "tool", "tool_call_id", "content"}``. Chat Completions has
+no error flag for a tool result, so an error result's content is sent prefixed with
+``"error: "``. Streamed tool calls arrive by ``index``: id and name first, then the
+arguments in fragments; they are parsed once the stream has ended (so that invalid
+arguments, ``invalid_tool_arguments``, transient, still carry the step's usage).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx2
@@ -18,11 +27,13 @@ from backend.runs.providers._common import (
     incomplete_stream,
     not_configured,
     status_error,
+    tool_call,
     transport_error,
 )
 from backend.runs.providers.base import (
     Completion,
     CompletionRequest,
+    Message,
     OnDelta,
     PermanentProviderError,
     ProviderError,
@@ -87,10 +98,15 @@ class OpenAIProvider:
             raise self._classify(exc, state.usage) from exc
         if state.finish_reason is None:
             raise incomplete_stream(_LABEL, state.usage)
+        calls = tuple(
+            tool_call(_LABEL, call["id"], call["name"], "".join(call["arguments"]), state.usage)
+            for _, call in sorted(state.tool_calls.items())
+        )
         return Completion(
             text="".join(state.text),
             usage=state.usage or Usage(),
             model=state.model or request.model,
+            tool_calls=calls,
         )
 
     def _classify(self, exc: Exception, usage: Usage | None) -> ProviderError:
@@ -120,13 +136,25 @@ def build_params(request: CompletionRequest) -> dict[str, Any]:
     messages = (
         [{"role": "system", "content": request.system_prompt}] if request.system_prompt else []
     )
-    messages += [{"role": m.role, "content": m.content} for m in request.messages]
+    messages += [wire_message(m) for m in request.messages]
     params: dict[str, Any] = {
         "model": request.model,
         "messages": messages,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    if request.tools:
+        params["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": t.input_schema,
+                },
+            }
+            for t in request.tools
+        ]
     if request.temperature is not None:
         params["temperature"] = request.temperature
     if request.max_tokens is not None:
@@ -137,11 +165,34 @@ def build_params(request: CompletionRequest) -> dict[str, Any]:
     return params
 
 
+def wire_message(m: Message) -> dict[str, Any]:
+    if m.role == "tool":
+        content = f"error: {m.content}" if m.is_error else m.content
+        return {"role": "tool", "tool_call_id": m.tool_call_id, "content": content}
+    if m.tool_calls:
+        return {
+            "role": m.role,
+            "content": m.content or None,
+            "tool_calls": [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+                }
+                for c in m.tool_calls
+            ],
+        }
+    return {"role": m.role, "content": m.content}
+
+
 class _StreamState:
-    """Accumulates chunks: text of choice 0, its finish reason, the model, the final usage."""
+    """Accumulates chunks: text of choice 0, its tool calls, its finish reason, the model,
+    the final usage."""
 
     def __init__(self) -> None:
         self.text: list[str] = []
+        # By the call's index: its id, name and argument fragments.
+        self.tool_calls: dict[int, dict[str, Any]] = {}
         self.finish_reason: str | None = None
         self.model: str | None = None
         self.usage: Usage | None = None
@@ -155,7 +206,18 @@ class _StreamState:
                 continue
             if choice.finish_reason is not None:
                 self.finish_reason = choice.finish_reason
-            if choice.delta is not None and choice.delta.content:
+            if choice.delta is None:
+                continue
+            for delta in choice.delta.tool_calls or ():
+                call = self.tool_calls.setdefault(
+                    delta.index, {"id": None, "name": None, "arguments": []}
+                )
+                call["id"] = delta.id or call["id"]
+                if delta.function is not None:
+                    call["name"] = delta.function.name or call["name"]
+                    if delta.function.arguments:
+                        call["arguments"].append(delta.function.arguments)
+            if choice.delta.content:
                 self.text.append(choice.delta.content)
                 return str(choice.delta.content)
         return None

@@ -14,6 +14,8 @@ from backend.runs.providers import (
     Message,
     PermanentProviderError,
     ProviderError,
+    ToolCall,
+    ToolSpec,
     TransientProviderError,
     Usage,
 )
@@ -323,3 +325,210 @@ async def test_missing_key_is_not_configured_at_call_time(api_key: str | None) -
 
     assert caught.value.code == "not_configured"
     assert router.calls.call_count == 0
+
+
+# --- tools -------------------------------------------------------------------------------
+
+LOOKUP = ToolSpec(
+    "lookup",
+    "Look a word up",
+    {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]},
+)
+ADD = ToolSpec("demo__add", "Add two numbers", {"type": "object", "properties": {}})
+
+
+def tool_use_block(index: int, call_id: str, name: str, *fragments: str) -> str:
+    start = {
+        "type": "content_block_start",
+        "index": index,
+        "content_block": {"type": "tool_use", "id": call_id, "name": name, "input": {}},
+    }
+    deltas = [
+        sse(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": index,
+                "delta": {"type": "input_json_delta", "partial_json": fragment},
+            },
+        )
+        for fragment in fragments
+    ]
+    stop = sse("content_block_stop", {"type": "content_block_stop", "index": index})
+    return sse("content_block_start", start) + "".join(deltas) + stop
+
+
+def tool_use_end(output_tokens: int = 40) -> str:
+    delta = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+        "usage": {"output_tokens": output_tokens},
+    }
+    return sse("message_delta", delta) + sse("message_stop", {"type": "message_stop"})
+
+
+async def test_request_carries_tools_tool_calls_and_grouped_tool_results(
+    anthropic_api: respx.Router, provider: AnthropicProvider
+) -> None:
+    route = anthropic_api.post("/v1/messages").mock(
+        return_value=stream_response(message_start() + text_block("ok") + message_end())
+    )
+    messages = [
+        Message("user", "Define cat, then add 2 and 3"),
+        Message(
+            "assistant",
+            "Let me look.",
+            tool_calls=(
+                ToolCall("toolu_1", "lookup", {"word": "cat"}),
+                ToolCall("toolu_2", "demo__add", {"a": 2, "b": 3}),
+            ),
+        ),
+        Message("tool", "a small feline", tool_call_id="toolu_1"),
+        Message("tool", "server unreachable", tool_call_id="toolu_2", is_error=True),
+        Message("assistant", "", tool_calls=(ToolCall("toolu_3", "demo__add", {}),)),
+        Message("tool", "5", tool_call_id="toolu_3"),
+    ]
+
+    await provider.complete(request(messages=messages, tools=(LOOKUP, ADD)), Deltas())
+
+    sent = json.loads(route.calls.last.request.content)
+    assert sent["tools"] == [
+        {"name": "lookup", "description": "Look a word up", "input_schema": LOOKUP.input_schema},
+        {"name": "demo__add", "description": "Add two numbers", "input_schema": ADD.input_schema},
+    ]
+    assert sent["messages"] == [
+        {"role": "user", "content": "Define cat, then add 2 and 3"},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Let me look."},
+                {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"word": "cat"}},
+                {
+                    "type": "tool_use",
+                    "id": "toolu_2",
+                    "name": "demo__add",
+                    "input": {"a": 2, "b": 3},
+                },
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_1",
+                    "content": "a small feline",
+                    "is_error": False,
+                },
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_2",
+                    "content": "server unreachable",
+                    "is_error": True,
+                },
+            ],
+        },
+        {
+            "role": "assistant",  # no text: no empty text block
+            "content": [{"type": "tool_use", "id": "toolu_3", "name": "demo__add", "input": {}}],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_3", "content": "5", "is_error": False}
+            ],
+        },
+    ]
+
+
+async def test_no_tools_offered_sends_no_tools_key(
+    anthropic_api: respx.Router, provider: AnthropicProvider
+) -> None:
+    route = anthropic_api.post("/v1/messages").mock(
+        return_value=stream_response(message_start() + text_block("ok") + message_end())
+    )
+
+    await provider.complete(request(), Deltas())
+
+    assert "tools" not in json.loads(route.calls.last.request.content)
+
+
+async def test_streamed_tool_call_is_parsed_from_input_json_fragments(
+    anthropic_api: respx.Router, provider: AnthropicProvider
+) -> None:
+    body = (
+        message_start()
+        + text_block("Looking ", "it up.")
+        + tool_use_block(1, "toolu_01A", "lookup", "", '{"wo', 'rd": "c', 'at", "n": [1, 2]}')
+        + tool_use_end(output_tokens=55)
+    )
+    anthropic_api.post("/v1/messages").mock(return_value=stream_response(body))
+    deltas = Deltas()
+
+    completion = await provider.complete(request(tools=(LOOKUP,)), deltas)
+
+    assert deltas.pieces == ["Looking ", "it up."]  # only text is streamed
+    assert completion.text == "Looking it up."
+    assert completion.tool_calls == (ToolCall("toolu_01A", "lookup", {"word": "cat", "n": [1, 2]}),)
+    assert completion.usage == Usage(
+        input_tokens=25,
+        output_tokens=55,
+        cache_read_tokens=1000,
+        cache_write_tokens=40,
+        raw={**START_USAGE, "output_tokens": 55},
+    )
+
+
+async def test_tool_call_only_answer_with_two_calls_and_no_arguments(
+    anthropic_api: respx.Router, provider: AnthropicProvider
+) -> None:
+    body = (
+        message_start()
+        + tool_use_block(0, "toolu_1", "demo__add", '{"a": 2,', ' "b": 3}')
+        + tool_use_block(1, "toolu_2", "lookup", "")  # a tool without arguments
+        + tool_use_end()
+    )
+    anthropic_api.post("/v1/messages").mock(return_value=stream_response(body))
+    deltas = Deltas()
+
+    completion = await provider.complete(request(tools=(LOOKUP, ADD)), deltas)
+
+    assert deltas.pieces == []
+    assert completion.text == ""
+    assert completion.tool_calls == (
+        ToolCall("toolu_1", "demo__add", {"a": 2, "b": 3}),
+        ToolCall("toolu_2", "lookup", {}),
+    )
+
+
+@pytest.mark.parametrize("fragments", [('{"word": "ca',), ("[1, 2]",), ('"cat"',)])
+async def test_arguments_not_a_json_object_are_transient_and_keep_usage(
+    anthropic_api: respx.Router, provider: AnthropicProvider, fragments: tuple[str, ...]
+) -> None:
+    body = message_start() + tool_use_block(0, "toolu_1", "lookup", *fragments) + tool_use_end(33)
+    anthropic_api.post("/v1/messages").mock(return_value=stream_response(body))
+
+    with pytest.raises(TransientProviderError) as caught:
+        await provider.complete(request(tools=(LOOKUP,)), Deltas())
+
+    assert caught.value.code == "invalid_tool_arguments"
+    assert "lookup" in caught.value.message
+    assert caught.value.usage is not None
+    assert (caught.value.usage.input_tokens, caught.value.usage.output_tokens) == (25, 33)
+
+
+async def test_tool_use_input_given_whole_at_block_start_is_kept(
+    anthropic_api: respx.Router, provider: AnthropicProvider
+) -> None:
+    start = {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"w": 1}},
+    }
+    stop = sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+    body = message_start() + sse("content_block_start", start) + stop + tool_use_end()
+    anthropic_api.post("/v1/messages").mock(return_value=stream_response(body))
+
+    completion = await provider.complete(request(tools=(LOOKUP,)), Deltas())
+
+    assert completion.tool_calls == (ToolCall("toolu_1", "lookup", {"w": 1}),)

@@ -13,6 +13,8 @@ from backend.runs.providers import (
     OpenAIProvider,
     PermanentProviderError,
     ProviderError,
+    ToolCall,
+    ToolSpec,
     TransientProviderError,
     Usage,
 )
@@ -283,3 +285,193 @@ async def test_missing_key_is_not_configured_at_call_time(api_key: str | None) -
 
     assert caught.value.code == "not_configured"
     assert router.calls.call_count == 0
+
+
+# --- tools -------------------------------------------------------------------------------
+
+LOOKUP = ToolSpec(
+    "lookup",
+    "Look a word up",
+    {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]},
+)
+ADD = ToolSpec("demo__add", "Add two numbers", {"type": "object", "properties": {}})
+
+
+def tool_delta(
+    index: int, *, call_id: str | None = None, name: str | None = None, args: str = ""
+) -> str:
+    call: dict[str, Any] = {"index": index, "function": {"arguments": args}}
+    if call_id is not None:
+        call.update(id=call_id, type="function")
+        call["function"]["name"] = name
+    return chunk({"tool_calls": [call]})
+
+
+def tool_finish(usage: dict[str, Any] | None = None) -> str:
+    return chunk({}, "tool_calls") + chunk(None, usage=usage or USAGE) + "data: [DONE]\n\n"
+
+
+async def test_request_carries_function_tools_tool_calls_and_tool_results(
+    openai_api: respx.Router, provider: OpenAIProvider
+) -> None:
+    route = openai_api.post("/chat/completions").mock(
+        return_value=stream_response(answer("ok") + finish())
+    )
+    messages = [
+        Message("user", "Define cat, then add 2 and 3"),
+        Message(
+            "assistant",
+            "",
+            tool_calls=(
+                ToolCall("call_1", "lookup", {"word": "cat"}),
+                ToolCall("call_2", "demo__add", {"a": 2, "b": 3}),
+            ),
+        ),
+        Message("tool", "a small feline", tool_call_id="call_1"),
+        Message("tool", "denied: not today", tool_call_id="call_2", is_error=True),
+        Message("assistant", "Nearly.", tool_calls=(ToolCall("call_3", "demo__add", {}),)),
+        Message("tool", "5", tool_call_id="call_3"),
+    ]
+
+    await provider.complete(request(messages=messages, tools=(LOOKUP, ADD)), Deltas())
+
+    sent = json.loads(route.calls.last.request.content)
+    assert sent["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup",
+                "description": "Look a word up",
+                "parameters": LOOKUP.input_schema,
+            },
+        },
+        {
+            "type": "function",
+            "function": {
+                "name": "demo__add",
+                "description": "Add two numbers",
+                "parameters": ADD.input_schema,
+            },
+        },
+    ]
+    assert sent["messages"] == [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Define cat, then add 2 and 3"},
+        {
+            "role": "assistant",
+            "content": None,  # tool calls only
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "lookup", "arguments": '{"word": "cat"}'},
+                },
+                {
+                    "id": "call_2",
+                    "type": "function",
+                    "function": {"name": "demo__add", "arguments": '{"a": 2, "b": 3}'},
+                },
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "a small feline"},
+        # No error flag in Chat Completions: the content says it.
+        {"role": "tool", "tool_call_id": "call_2", "content": "error: denied: not today"},
+        {
+            "role": "assistant",
+            "content": "Nearly.",
+            "tool_calls": [
+                {
+                    "id": "call_3",
+                    "type": "function",
+                    "function": {"name": "demo__add", "arguments": "{}"},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_3", "content": "5"},
+    ]
+
+
+async def test_no_tools_offered_sends_no_tools_key(
+    openai_api: respx.Router, provider: OpenAIProvider
+) -> None:
+    route = openai_api.post("/chat/completions").mock(
+        return_value=stream_response(answer("ok") + finish())
+    )
+
+    await provider.complete(request(), Deltas())
+
+    assert "tools" not in json.loads(route.calls.last.request.content)
+
+
+async def test_two_parallel_streamed_tool_calls_are_assembled_by_index(
+    openai_api: respx.Router, provider: OpenAIProvider
+) -> None:
+    body = (
+        chunk({"role": "assistant", "content": None, "refusal": None})
+        + tool_delta(0, call_id="call_A", name="lookup")
+        + tool_delta(0, args='{"wo')
+        + tool_delta(0, args='rd": "c')
+        + tool_delta(1, call_id="call_B", name="demo__add", args='{"a"')
+        + tool_delta(0, args='at"}')  # fragments of both calls interleave
+        + tool_delta(1, args=": 2, ")
+        + tool_delta(1, args='"b": 3}')
+        + tool_finish()
+    )
+    openai_api.post("/chat/completions").mock(return_value=stream_response(body))
+    deltas = Deltas()
+
+    completion = await provider.complete(request(tools=(LOOKUP, ADD)), deltas)
+
+    assert deltas.pieces == []  # only text is streamed
+    assert completion.text == ""
+    assert completion.tool_calls == (
+        ToolCall("call_A", "lookup", {"word": "cat"}),
+        ToolCall("call_B", "demo__add", {"a": 2, "b": 3}),
+    )
+    assert completion.usage.input_tokens == 1200 - 1024
+    assert completion.usage.output_tokens == 9
+
+
+async def test_text_then_a_tool_call_without_arguments(
+    openai_api: respx.Router, provider: OpenAIProvider
+) -> None:
+    body = (
+        answer("Let me ", "check.") + tool_delta(0, call_id="call_A", name="lookup") + tool_finish()
+    )
+    openai_api.post("/chat/completions").mock(return_value=stream_response(body))
+    deltas = Deltas()
+
+    completion = await provider.complete(request(tools=(LOOKUP,)), deltas)
+
+    assert deltas.pieces == ["Let me ", "check."]
+    assert completion.text == "Let me check."
+    assert completion.tool_calls == (ToolCall("call_A", "lookup", {}),)
+
+
+@pytest.mark.parametrize("arguments", ['{"word": "ca', "[1, 2]", "null"])
+async def test_arguments_not_a_json_object_are_transient_and_keep_usage(
+    openai_api: respx.Router, provider: OpenAIProvider, arguments: str
+) -> None:
+    body = tool_delta(0, call_id="call_A", name="lookup", args=arguments) + tool_finish()
+    openai_api.post("/chat/completions").mock(return_value=stream_response(body))
+
+    with pytest.raises(TransientProviderError) as caught:
+        await provider.complete(request(tools=(LOOKUP,)), Deltas())
+
+    assert caught.value.code == "invalid_tool_arguments"
+    assert "lookup" in caught.value.message
+    assert caught.value.usage is not None
+    assert caught.value.usage.output_tokens == 9
+
+
+async def test_tool_call_without_id_or_name_is_an_invalid_response(
+    openai_api: respx.Router, provider: OpenAIProvider
+) -> None:
+    body = tool_delta(0, args='{"word": "cat"}') + tool_finish()
+    openai_api.post("/chat/completions").mock(return_value=stream_response(body))
+
+    with pytest.raises(TransientProviderError) as caught:
+        await provider.complete(request(tools=(LOOKUP,)), Deltas())
+
+    assert caught.value.code == "invalid_response"
+    assert caught.value.usage is not None
