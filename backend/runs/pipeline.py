@@ -36,7 +36,6 @@ import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
@@ -53,8 +52,9 @@ from backend.agents.models import AgentStatus
 from backend.config import Settings
 from backend.core.batching import Batcher
 from backend.core.errors import is_connection_error
+from backend.core.sql import Statement
+from backend.runs import dispatch, steps
 from backend.runs import state as run_state
-from backend.runs import steps
 from backend.runs.models import RunStatus
 from backend.usage import service as usage
 from backend.webhooks import outbox
@@ -73,29 +73,6 @@ MAX_IN_FLIGHT = 2  # batches of one kind at once (a second one keeps the other c
 # Backoff of a claim or conclusion while Postgres is unreachable.
 RETRY_MIN_SECONDS, RETRY_MAX_SECONDS = 0.2, 5.0
 PING_TIMEOUT_SECONDS = 2.0
-
-
-@dataclass(frozen=True)
-class Statement:
-    """SQL with :name parameters, rewritten once to asyncpg's positional $n."""
-
-    sql: str
-    names: tuple[str, ...]
-
-    @classmethod
-    def of(cls, sql: str) -> Statement:
-        names: list[str] = []
-
-        def number(match: re.Match[str]) -> str:
-            if match.group(1) not in names:
-                names.append(match.group(1))
-            return f"${names.index(match.group(1)) + 1}"
-
-        # `::type` casts are not parameters.
-        return cls(re.sub(r"(?<![:\w]):([a-z_]+)", number, sql), tuple(names))
-
-    def args(self, params: dict[str, Any]) -> list[Any]:
-        return [params[name] for name in self.names]
 
 
 # --- connections ---------------------------------------------------------------------------
@@ -338,10 +315,8 @@ _NO_OTHER_RUNNING = """NOT EXISTS (SELECT FROM runs b
             WHERE b.agent_id = o.id AND b.status IN ('running', 'requires_action')
             AND NOT EXISTS (SELECT FROM run_new rn WHERE rn.id = b.id AND rn.moved))"""
 # An agent just freed: its oldest queued run is the next job to enqueue.
-_HEAD = """SELECT q.id, q.attempt FROM runs q
-    WHERE q.agent_id = rn.agent_id AND q.status = 'queued' AND coalesce(am.moved, false)
-    ORDER BY q.seq LIMIT 1"""
-_NO_HEAD = "SELECT NULL::uuid AS id, NULL::int AS attempt"
+_HEAD = f"LEFT JOIN LATERAL ({dispatch.head('rn.agent_id')}) h ON coalesce(am.moved, false)"
+_NO_HEAD = "LEFT JOIN LATERAL (SELECT NULL::uuid AS id, NULL::int AS attempt) h ON true"
 
 
 def _run_values(kind: Conclusion) -> dict[str, str]:
@@ -433,7 +408,7 @@ SELECT rn.*, coalesce(am.moved, false) AS released, h.id AS next_id, h.attempt A
     {columns if kind is C.step else ""}
 FROM run_new rn
 LEFT JOIN agent_moved am ON am.id = rn.agent_id
-LEFT JOIN LATERAL ({_HEAD if final else _NO_HEAD}) h ON true
+{_HEAD if final else _NO_HEAD}
 {f"LEFT JOIN LATERAL {budget} b ON true" if kind is C.step else ""}"""
 
 
