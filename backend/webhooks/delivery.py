@@ -1,13 +1,22 @@
-"""Delivery of the outbox's events, by every worker process, in tasks of its own.
+"""Delivery of the outbox's events: by every worker process (unless WEBHOOK_DELIVERY_ENABLED
+is false), or by processes of their own (`agentry webhooks`), in tasks of their own.
 
-Each worker polls for due deliveries and takes them with `FOR UPDATE SKIP LOCKED`, leasing each
-(`next_attempt_at` = now + lease, `attempts` + 1) before its POST: several workers share the
-work without sending one delivery twice at once, and a worker that dies mid-attempt leaves the
-delivery to be taken again when the lease ends (at least once). Only the oldest pending delivery
-of an (endpoint, agent or run) is ever taken: one endpoint receives one agent's or one run's
-events in order. Attempts run in their own tasks, at most WEBHOOK_MAX_IN_FLIGHT per worker and
-WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT per endpoint, on their own HTTP client and connections: a
-slow or dead endpoint holds only its own share and never runs' execution.
+Each loop turn first fans new events out (`_FANOUT`): the deliveries of each event, one per
+enabled endpoint subscribed to its type, written in one transaction that marks the events
+fanned out. One process fans out at a time (a transaction-level advisory lock), in event
+order: an (endpoint, ordering key)'s deliveries are written in the order of its events, and
+only the oldest pending one -- the key's head -- is due; the others wait (next_attempt_at
+NULL) until the head succeeds or fails, when the statement writing that result makes the next
+one due (`_FINISH`, under the same lock, so a fan-out and a promotion never miss each other).
+
+Due heads are taken with `FOR UPDATE SKIP LOCKED` and leased (`next_attempt_at` = now + lease,
+`attempts` + 1) before their POST: several processes share the work without sending one
+delivery twice at once, and a process that dies mid-attempt leaves the delivery to be taken
+again when the lease ends (at least once). Attempts run in their own tasks, at most
+WEBHOOK_MAX_IN_FLIGHT per process and WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT per endpoint, on their
+own HTTP connections (kept alive, a pool per endpoint): a slow or dead endpoint holds only its
+own share and never runs' execution. Every statement reads what is due, never the whole
+backlog.
 """
 
 from __future__ import annotations
@@ -53,30 +62,56 @@ EVENT_TO_DELIVERY_SECONDS = Histogram(
 )
 MAX_ERROR_CHARS = 500
 
-# The oldest pending delivery of each (endpoint, ordering key) -- the key's head; a leased one
-# (in flight) is a head that is not due, so its successors wait -- when due, up to the
-# endpoint's free share (per_endpoint minus what this worker has in flight), leased.
-# `heads` reads a snapshot; `taken` locks and re-checks what may have moved meanwhile.
+# pg_advisory_xact_lock key (any constant): fan-outs and promotions, one at a time.
+FANOUT_LOCK = 0x77656268
+
+# Up to :batch events not yet fanned out, in order: their deliveries, each due at once when it
+# is its key's head (no pending delivery of the key before it), else waiting.
+_FANOUT = text(
+    """
+WITH ev AS (
+    SELECT e.id, e.seq, e.project_id, e.type, e.ordering_key, e.created_at
+    FROM webhook_events e WHERE NOT e.fanned_out ORDER BY e.seq LIMIT :batch
+),
+marked AS (
+    UPDATE webhook_events e SET fanned_out = true FROM ev WHERE e.id = ev.id
+),
+targets AS (
+    SELECT ev.id, ev.seq, ev.ordering_key, ev.created_at, w.id AS endpoint_id,
+        row_number() OVER (PARTITION BY w.id, ev.ordering_key ORDER BY ev.seq) AS n
+    FROM ev JOIN webhook_endpoints w ON w.project_id = ev.project_id AND w.enabled
+        AND (w.events ? ev.type OR w.events ? '*')
+),
+written AS (
+    INSERT INTO webhook_deliveries (id, event_id, endpoint_id, ordering_key, seq, status,
+        attempts, next_attempt_at, created_at)
+    SELECT gen_random_uuid(), t.id, t.endpoint_id, t.ordering_key, t.seq, 'pending', 0,
+        CASE WHEN t.ordering_key IS NULL OR (t.n = 1 AND NOT EXISTS (
+            SELECT FROM webhook_deliveries d WHERE d.endpoint_id = t.endpoint_id
+                AND d.ordering_key = t.ordering_key AND d.status = 'pending'))
+        THEN t.created_at END, t.created_at
+    FROM targets t
+    RETURNING 1
+)
+SELECT count(*) FROM ev
+"""
+)
+# The due heads of enabled endpoints, up to each endpoint's free share (per_endpoint minus
+# what this process has in flight), oldest first, leased.
 _TAKE = text(
     """
-WITH heads AS (
-    SELECT DISTINCT ON (d.endpoint_id, coalesce(d.ordering_key, d.id))
-        d.id, d.endpoint_id, d.next_attempt_at, d.seq
-    FROM webhook_deliveries d WHERE d.status = 'pending'
-    ORDER BY d.endpoint_id, coalesce(d.ordering_key, d.id), d.seq
-),
-ready AS (
-    SELECT h.id, h.endpoint_id, row_number() OVER (PARTITION BY h.endpoint_id ORDER BY h.seq)
+WITH ranked AS (
+    SELECT d.id, row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.seq)
         + coalesce(f.n, 0) AS n
-    FROM heads h JOIN webhook_endpoints w ON w.id = h.endpoint_id AND w.enabled
+    FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.enabled
     LEFT JOIN unnest(CAST(:flying AS uuid[]), CAST(:flying_n AS int[])) AS f(id, n)
-        ON f.id = h.endpoint_id
-    WHERE h.next_attempt_at <= now()
+        ON f.id = d.endpoint_id
+    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
 ),
 taken AS (
     SELECT d.id FROM webhook_deliveries d
     WHERE d.id = ANY(ARRAY(
-            SELECT r.id FROM ready r WHERE r.n <= :per_endpoint ORDER BY r.n LIMIT :limit))
+            SELECT r.id FROM ranked r WHERE r.n <= :per_endpoint ORDER BY r.n LIMIT :limit))
         AND d.status = 'pending' AND d.next_attempt_at <= now()
     FOR UPDATE SKIP LOCKED
 )
@@ -90,7 +125,8 @@ RETURNING d.id, d.endpoint_id, d.attempts, e.id AS event_id, e.type, e.payload, 
 """
 )
 # The results of the attempts that ended together, in one statement; each guarded by its
-# attempt (a lease that ran out and was taken again is no longer ours).
+# attempt (a lease that ran out and was taken again is no longer ours). A head that ended
+# makes its key's next delivery due (unless another head of the key is pending: a redelivery).
 _FINISH = text(
     """
 WITH done AS (
@@ -100,12 +136,31 @@ WITH done AS (
     FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(id uuid, attempts int, status text,
         next_attempt_at timestamptz, response_status int, error text, disable boolean)
     WHERE d.id = r.id AND d.attempts = r.attempts AND d.status = 'pending'
-    RETURNING d.endpoint_id, r.disable
+    RETURNING d.id, d.endpoint_id, d.ordering_key, d.status, r.disable
+),
+freed AS (
+    SELECT DISTINCT f.endpoint_id, f.ordering_key FROM done f
+    WHERE f.status <> 'pending' AND f.ordering_key IS NOT NULL
+),
+promoted AS (
+    UPDATE webhook_deliveries d SET next_attempt_at = now()
+    FROM freed f
+    WHERE d.id = (SELECT n.id FROM webhook_deliveries n
+            WHERE n.endpoint_id = f.endpoint_id AND n.ordering_key = f.ordering_key
+                AND n.status = 'pending' AND n.next_attempt_at IS NULL
+            ORDER BY n.seq LIMIT 1)
+        AND NOT EXISTS (SELECT FROM webhook_deliveries h
+            WHERE h.endpoint_id = f.endpoint_id AND h.ordering_key = f.ordering_key
+                AND h.status = 'pending' AND h.next_attempt_at IS NOT NULL
+                AND h.id NOT IN (SELECT x.id FROM done x))
 )
 UPDATE webhook_endpoints SET enabled = false, updated_at = now()
 WHERE id IN (SELECT endpoint_id FROM done WHERE disable)
 """
 )
+_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
+FANOUT_BATCH = 1000
 MAX_BATCH = 500
 TAKE_GAP_SECONDS = 0.01
 
@@ -145,6 +200,7 @@ class Deliverer:
         failures = 0
         while True:
             try:
+                fanned = await self.fan_out()
                 taken = await self.take()
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - the loop outlives database outages
@@ -156,7 +212,7 @@ class Deliverer:
                 )
                 await asyncio.sleep(min(0.2 * 2**failures, 5.0))
                 continue
-            if taken:
+            if taken or fanned >= FANOUT_BATCH:
                 continue  # more may be due
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -164,6 +220,14 @@ class Deliverer:
             # Woken by an attempt that ended: the others ending meanwhile are taken together
             # (one scan of the pending rows for many attempts, not one each).
             await asyncio.sleep(TAKE_GAP_SECONDS)
+
+    async def fan_out(self) -> int:
+        """Write the deliveries of up to FANOUT_BATCH new events (unless another process is
+        fanning out); how many events."""
+        async with self.engine.begin() as conn:
+            if not await conn.scalar(_TRY_LOCK, {"key": FANOUT_LOCK}):
+                return 0
+            return int(await conn.scalar(_FANOUT, {"batch": FANOUT_BATCH}) or 0)
 
     async def take(self) -> int:
         """Lease what is due (within this worker's limits) and start its attempts."""
@@ -232,6 +296,7 @@ class Deliverer:
             rows = sorted((r for r, _ in batch), key=lambda r: r["id"])  # lock order
             try:
                 async with self.engine.begin() as conn:
+                    await conn.execute(_LOCK, {"key": FANOUT_LOCK})  # see _FINISH
                     await conn.execute(_FINISH, {"rows": json.dumps(rows, default=str)})
             except Exception as exc:  # noqa: BLE001 - handed to the attempts
                 for _, future in batch:
