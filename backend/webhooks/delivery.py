@@ -31,7 +31,6 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import structlog
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Histogram
@@ -40,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.config import Settings
 from backend.core.errors import is_connection_error
-from backend.webhooks import outbox, signing, urls
+from backend.webhooks import http, outbox, signing, urls
 
 log = structlog.get_logger()
 
@@ -96,22 +95,27 @@ written AS (
 SELECT count(*) FROM ev
 """
 )
-# The due heads of enabled endpoints, up to each endpoint's free share (per_endpoint minus
-# what this process has in flight), oldest first, leased.
+# The due heads of each enabled endpoint, up to its free share (per_endpoint minus what this
+# process has in flight), oldest first: an index probe per endpoint, whatever the backlog.
 _TAKE = text(
     """
 WITH ranked AS (
-    SELECT d.id, row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.seq)
-        + coalesce(f.n, 0) AS n
-    FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.enabled
+    SELECT d.id, d.n FROM webhook_endpoints w
     LEFT JOIN unnest(CAST(:flying AS uuid[]), CAST(:flying_n AS int[])) AS f(id, n)
-        ON f.id = d.endpoint_id
-    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+        ON f.id = w.id
+    CROSS JOIN LATERAL (
+        SELECT d.id, row_number() OVER (ORDER BY d.next_attempt_at, d.seq) AS n
+        FROM webhook_deliveries d
+        WHERE d.endpoint_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+        ORDER BY d.next_attempt_at, d.seq
+        LIMIT greatest(:per_endpoint - coalesce(f.n, 0), 0)
+    ) d
+    WHERE w.enabled
 ),
 taken AS (
     SELECT d.id FROM webhook_deliveries d
     WHERE d.id = ANY(ARRAY(
-            SELECT r.id FROM ranked r WHERE r.n <= :per_endpoint ORDER BY r.n LIMIT :limit))
+            SELECT r.id FROM ranked r ORDER BY r.n LIMIT :limit))
         AND d.status = 'pending' AND d.next_attempt_at <= now()
     FOR UPDATE SKIP LOCKED
 )
@@ -170,9 +174,8 @@ class Deliverer:
         self.sessions, self.settings = sessionmaker, settings
         self.engine = sessionmaker.kw["bind"]
         self.delays = settings.webhook_retry_delays
-        # A connection pool per endpoint, as large as its share: httpx's pool does work per
-        # connection for every request it places, so one big shared pool costs far more CPU.
-        self.clients: dict[uuid.UUID, httpx.AsyncClient] = {}
+        # Kept-alive connections per endpoint, as many as its share.
+        self.clients: dict[uuid.UUID, http.Client] = {}
         self.per_endpoint: Counter[uuid.UUID] = Counter()
         self.tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -323,30 +326,25 @@ class Deliverer:
         """(HTTP status, error): one attempt, never raising."""
         try:
             body, headers = self._request(row)
-            if not self.settings.WEBHOOK_ALLOW_PRIVATE_URLS:
-                await urls.check(row["url"], allow_private=False)  # DNS may have changed
-            client = self._client(row["endpoint_id"])
-            response = await client.post(row["url"], content=body, headers=headers)
+            status = await self._client(row["endpoint_id"]).post(row["url"], body, headers)
         except urls.UrlRefused as exc:
             return None, f"url {exc}"
-        except httpx.TimeoutException:
+        except TimeoutError:
             return None, f"timeout after {self.settings.WEBHOOK_TIMEOUT_SECONDS:g} s"
-        except httpx.HTTPError as exc:
+        except OSError as exc:
             return None, f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # noqa: BLE001 - a bad event must not stop the others
             log.exception("webhook_attempt_error", delivery_id=str(row["id"]))
             return None, f"internal error: {type(exc).__name__}"
-        return response.status_code, None if response.is_success else f"HTTP {response.status_code}"
+        return status, None if 200 <= status < 300 else f"HTTP {status}"
 
-    def _client(self, endpoint_id: uuid.UUID) -> httpx.AsyncClient:
+    def _client(self, endpoint_id: uuid.UUID) -> http.Client:
         client = self.clients.get(endpoint_id)
         if client is None:
-            share = self.settings.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT
-            client = self.clients[endpoint_id] = httpx.AsyncClient(
-                follow_redirects=False,
+            client = self.clients[endpoint_id] = http.Client(
                 timeout=self.settings.WEBHOOK_TIMEOUT_SECONDS,
-                limits=httpx.Limits(max_connections=share, max_keepalive_connections=share),
-                trust_env=False,
+                keep=self.settings.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT,
+                allow_private=self.settings.WEBHOOK_ALLOW_PRIVATE_URLS,
             )
         return client
 

@@ -104,10 +104,11 @@ class WebhookDelivery(IdMixin, Base):
             "seq",
             postgresql_where=text("status = 'pending'"),
         ),
-        # Due heads (the delivery loop's take reads the range up to now: waiting rows are
-        # NULL, leased and retrying ones later).
+        # Each endpoint's due heads (the delivery loop's take reads the range up to now:
+        # waiting rows are NULL, leased and retrying ones later).
         Index(
             "ix_webhook_deliveries_due",
+            "endpoint_id",
             "next_attempt_at",
             postgresql_where=text("status = 'pending'"),
         ),

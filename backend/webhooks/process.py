@@ -9,6 +9,7 @@ SIGINT/SIGTERM; an attempt cut short is retried when its lease ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 
 import structlog
@@ -38,11 +39,12 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
 
 def main() -> None:
-    from backend.worker import _use_uvloop
-
     settings = get_settings()
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
-    _use_uvloop()
+    with contextlib.suppress(ImportError):  # uvicorn[standard] brings it
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
     async def run() -> None:
         stop = asyncio.Event()

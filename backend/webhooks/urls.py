@@ -46,6 +46,16 @@ async def _addresses(host: str, port: int) -> list[str]:
 async def check(url: str, *, allow_private: bool, resolved: bool = True) -> None:
     """Raise UrlRefused unless `url` may receive webhooks (resolving its host); `resolved`:
     a host that does not resolve is refused too (at delivery), else let through (at create)."""
+    await _checked(url, allow_private=allow_private, resolved=resolved)
+
+
+async def resolve(url: str, *, allow_private: bool) -> str | None:
+    """The address a delivery connects to: `url`'s host resolved and checked (raises
+    UrlRefused), or None when private addresses are allowed (the connection resolves it)."""
+    return await _checked(url, allow_private=allow_private, resolved=True)
+
+
+async def _checked(url: str, *, allow_private: bool, resolved: bool) -> str | None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UrlRefused("must be an http(s) URL with a host")
@@ -56,15 +66,16 @@ async def check(url: str, *, allow_private: bool, resolved: bool = True) -> None
     except ValueError:
         raise UrlRefused("has an invalid port") from None
     if allow_private:
-        return
+        return None
     try:
         addresses = await _addresses(parts.hostname, port)
     except (OSError, TimeoutError):
         if not resolved:
-            return  # not resolvable now: each delivery attempt checks it again
+            return None  # not resolvable now: each delivery attempt checks it again
         raise UrlRefused(f"host {parts.hostname} does not resolve") from None
     if not addresses or any(_private(address) for address in addresses):
         raise UrlRefused("resolves to a private, loopback or link-local address")
+    return addresses[0]
 
 
 async def validate(url: str, *, allow_private: bool) -> None:

@@ -60,7 +60,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_webhook_deliveries_due",
         "webhook_deliveries",
-        ["next_attempt_at"],
+        ["endpoint_id", "next_attempt_at"],
         postgresql_where=sa.text("status = 'pending'"),
     )
     # Pending deliveries behind an older pending one of their key now wait for it.
