@@ -88,9 +88,10 @@ def children(proc: Callable[[], Any]) -> Lister:
     return listed
 
 
-def postgres_backends(backend_pid: int, database: str) -> Lister:
+def postgres_backends(backend_pid: int, database: str, exclude: set[int]) -> Lister:
     """The server processes serving `database`: children of the postmaster (the parent of
-    `backend_pid`, one of our connections' backends) whose title names the database."""
+    `backend_pid`, one of our connections' backends) whose title names the database, but
+    those in `exclude` (the measuring process's own, which may grow)."""
     postmaster = psutil.Process(backend_pid).parent()
 
     def listed() -> list[psutil.Process]:
@@ -99,6 +100,8 @@ def postgres_backends(backend_pid: int, database: str) -> Lister:
         found = []
         for child in postmaster.children():
             try:
+                if child.pid in exclude:
+                    continue
                 if f" {database} " in " ".join(child.cmdline()) + " ":
                     found.append(child)
             except (psutil.Error, OSError):
