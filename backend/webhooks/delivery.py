@@ -174,6 +174,7 @@ class Deliverer:
         self.sessions, self.settings = sessionmaker, settings
         self.engine = sessionmaker.kw["bind"]
         self.delays = settings.webhook_retry_delays
+        self.poll = settings.WEBHOOK_POLL_SECONDS
         # Kept-alive connections per endpoint, as many as its share.
         self.clients: dict[uuid.UUID, http.Client] = {}
         self.per_endpoint: Counter[uuid.UUID] = Counter()
@@ -201,9 +202,13 @@ class Deliverer:
 
     async def _run(self) -> None:
         failures = 0
+        fanned_at, fanned = float("-inf"), 0
         while True:
             try:
-                fanned = await self.fan_out()
+                # New events are looked for at each poll (and at once after a full batch), not
+                # after every attempt that ends: those turns only take what became due.
+                if fanned >= FANOUT_BATCH or time.monotonic() - fanned_at >= self.poll:
+                    fanned_at, fanned = time.monotonic(), await self.fan_out()
                 taken = await self.take()
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - the loop outlives database outages
@@ -219,9 +224,11 @@ class Deliverer:
                 continue  # more may be due
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.WEBHOOK_POLL_SECONDS)
+                await asyncio.wait_for(
+                    self._wake.wait(), max(self.poll - (time.monotonic() - fanned_at), 0.001)
+                )
             # Woken by an attempt that ended: the others ending meanwhile are taken together
-            # (one scan of the pending rows for many attempts, not one each).
+            # (one statement for many attempts, not one each).
             await asyncio.sleep(TAKE_GAP_SECONDS)
 
     async def fan_out(self) -> int:
@@ -245,8 +252,10 @@ class Deliverer:
             "limit": room,
             "lease": self.settings.WEBHOOK_TIMEOUT_SECONDS * 2 + 1,
         }
-        async with self.sessions() as session, session.begin():
-            rows = (await session.execute(_TAKE, params)).mappings().all()
+        # One statement, its own transaction: one round trip.
+        async with self.engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            rows = (await auto.execute(_TAKE, params)).mappings().all()
         for row in rows:
             self.per_endpoint[row["endpoint_id"]] += 1
             task = asyncio.create_task(self._attempt(dict(row)))
