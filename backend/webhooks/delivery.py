@@ -35,9 +35,9 @@ import structlog
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Histogram
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.config import Settings
+from backend.core.db import create_engine
 from backend.core.errors import is_connection_error
 from backend.webhooks import http, outbox, signing, urls
 
@@ -73,7 +73,7 @@ WITH ev AS (
     FROM webhook_events e WHERE NOT e.fanned_out ORDER BY e.seq LIMIT :batch
 ),
 marked AS (
-    UPDATE webhook_events e SET fanned_out = true FROM ev WHERE e.id = ev.id
+    UPDATE webhook_events e SET fanned_out = true WHERE e.id = ANY(ARRAY(SELECT id FROM ev))
 ),
 targets AS (
     SELECT ev.id, ev.seq, ev.ordering_key, ev.created_at, w.id AS endpoint_id,
@@ -85,9 +85,9 @@ written AS (
     INSERT INTO webhook_deliveries (id, event_id, endpoint_id, ordering_key, seq, status,
         attempts, next_attempt_at, created_at)
     SELECT gen_random_uuid(), t.id, t.endpoint_id, t.ordering_key, t.seq, 'pending', 0,
-        CASE WHEN t.ordering_key IS NULL OR (t.n = 1 AND NOT EXISTS (
-            SELECT FROM webhook_deliveries d WHERE d.endpoint_id = t.endpoint_id
-                AND d.ordering_key = t.ordering_key AND d.status = 'pending'))
+        CASE WHEN t.ordering_key IS NULL OR (t.n = 1 AND (
+            SELECT 1 FROM webhook_deliveries d WHERE d.endpoint_id = t.endpoint_id
+                AND d.ordering_key = t.ordering_key AND d.status = 'pending' LIMIT 1) IS NULL)
         THEN t.created_at END, t.created_at
     FROM targets t
     RETURNING 1
@@ -96,33 +96,33 @@ SELECT count(*) FROM ev
 """
 )
 # The due heads of each enabled endpoint, up to its free share (per_endpoint minus what this
-# process has in flight), oldest first: an index probe per endpoint, whatever the backlog.
+# process has in flight), oldest first, locked as they are found: an index probe per endpoint,
+# whatever the backlog. (Every statement here finds rows by key or by a bounded index range:
+# the planner's estimates of a queue table are always stale, and a plan that scans all
+# pending rows would make each statement cost as much as the backlog.)
 _TAKE = text(
     """
-WITH ranked AS (
+WITH taken AS (
     SELECT d.id, d.n FROM webhook_endpoints w
     LEFT JOIN unnest(CAST(:flying AS uuid[]), CAST(:flying_n AS int[])) AS f(id, n)
         ON f.id = w.id
     CROSS JOIN LATERAL (
-        SELECT d.id, row_number() OVER (ORDER BY d.next_attempt_at, d.seq) AS n
-        FROM webhook_deliveries d
-        WHERE d.endpoint_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
-        ORDER BY d.next_attempt_at, d.seq
-        LIMIT greatest(:per_endpoint - coalesce(f.n, 0), 0)
+        SELECT d.id, row_number() OVER () AS n FROM (
+            SELECT d.id FROM webhook_deliveries d
+            WHERE d.endpoint_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+            ORDER BY d.next_attempt_at
+            LIMIT greatest(:per_endpoint - coalesce(f.n, 0), 0)
+            FOR UPDATE SKIP LOCKED
+        ) d
     ) d
     WHERE w.enabled
-),
-taken AS (
-    SELECT d.id FROM webhook_deliveries d
-    WHERE d.id = ANY(ARRAY(
-            SELECT r.id FROM ranked r ORDER BY r.n LIMIT :limit))
-        AND d.status = 'pending' AND d.next_attempt_at <= now()
-    FOR UPDATE SKIP LOCKED
+    ORDER BY d.n LIMIT :limit
 )
 UPDATE webhook_deliveries d
 SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => :lease)
 FROM taken t, webhook_events e, webhook_endpoints w
-WHERE d.id = t.id AND e.id = d.event_id AND w.id = d.endpoint_id
+WHERE d.id = ANY(ARRAY(SELECT id FROM taken)) AND d.id = t.id AND e.id = d.event_id
+    AND w.id = d.endpoint_id
 RETURNING d.id, d.endpoint_id, d.attempts, e.id AS event_id, e.type, e.payload, e.created_at,
     w.url, w.secret_encrypted, w.previous_secret_encrypted, w.previous_secret_expires_at,
     now() AS taken_at
@@ -139,7 +139,7 @@ WITH done AS (
         delivered_at = CASE WHEN r.status = 'succeeded' THEN now() ELSE d.delivered_at END
     FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(id uuid, attempts int, status text,
         next_attempt_at timestamptz, response_status int, error text, disable boolean)
-    WHERE d.id = r.id AND d.attempts = r.attempts AND d.status = 'pending'
+    WHERE d.id = ANY(CAST(:ids AS uuid[])) AND d.id = r.id AND d.attempts = r.attempts
     RETURNING d.id, d.endpoint_id, d.ordering_key, d.status, r.disable
 ),
 freed AS (
@@ -165,14 +165,25 @@ WHERE id IN (SELECT endpoint_id FROM done WHERE disable)
 _LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 _TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
 FANOUT_BATCH = 1000
+POOL_SIZE = 3  # a fan-out, a take and a result write at once
 MAX_BATCH = 500
 TAKE_GAP_SECONDS = 0.01
 
 
 class Deliverer:
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings) -> None:
-        self.sessions, self.settings = sessionmaker, settings
-        self.engine = sessionmaker.kw["bind"]
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        # Connections of its own. Commits need not wait for the WAL to reach disk (most of a
+        # small transaction's cost): a fan-out, lease or result lost with the last
+        # milliseconds of a crash is redone (fan-outs are atomic; a lease runs out; an attempt
+        # whose result is lost is made again: at least once).
+        assert settings.DATABASE_URL
+        self.engine = create_engine(
+            settings.DATABASE_URL,
+            pool_size=POOL_SIZE,
+            max_overflow=POOL_SIZE,
+            server_settings={"synchronous_commit": "off", "application_name": "agentry-webhooks"},
+        )
         self.delays = settings.webhook_retry_delays
         self.poll = settings.WEBHOOK_POLL_SECONDS
         # Kept-alive connections per endpoint, as many as its share.
@@ -199,6 +210,7 @@ class Deliverer:
             await asyncio.gather(self._writer, return_exceptions=True)
         for client in self.clients.values():
             await client.aclose()
+        await self.engine.dispose()
 
     async def _run(self) -> None:
         failures = 0
@@ -309,7 +321,8 @@ class Deliverer:
             try:
                 async with self.engine.begin() as conn:
                     await conn.execute(_LOCK, {"key": FANOUT_LOCK})  # see _FINISH
-                    await conn.execute(_FINISH, {"rows": json.dumps(rows, default=str)})
+                    params = {"rows": json.dumps(rows, default=str), "ids": [r["id"] for r in rows]}
+                    await conn.execute(_FINISH, params)
             except Exception as exc:  # noqa: BLE001 - handed to the attempts
                 for _, future in batch:
                     future.set_exception(exc)

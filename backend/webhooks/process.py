@@ -15,27 +15,23 @@ import signal
 import structlog
 
 from backend.config import Settings, get_settings
-from backend.core.db import create_engine, create_sessionmaker
 from backend.core.logging import configure_logging
 from backend.webhooks.delivery import Deliverer
 
 log = structlog.get_logger()
-POOL_SIZE = 3  # fan-out, takes, results: one statement of each at a time
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Deliver until `stop` is set."""
     if not settings.DATABASE_URL:
         raise RuntimeError("DATABASE_URL must be set to deliver webhooks")
-    engine = create_engine(settings.DATABASE_URL, pool_size=POOL_SIZE, max_overflow=POOL_SIZE)
-    deliverer = Deliverer(create_sessionmaker(engine), settings)
+    deliverer = Deliverer(settings)
     deliverer.start()
     log.info("webhook_deliverer_started")
     try:
         await stop.wait()
     finally:
         await deliverer.close()
-        await engine.dispose()
 
 
 def main() -> None:
