@@ -91,7 +91,8 @@ def children(proc: Callable[[], Any]) -> Lister:
 def postgres_backends(backend_pid: int, database: str, exclude: set[int]) -> Lister:
     """The server processes serving `database`: children of the postmaster (the parent of
     `backend_pid`, one of our connections' backends) whose title names the database, but
-    those in `exclude` (the measuring process's own, which may grow)."""
+    autovacuum workers and those in `exclude` (the measuring process's own, which may
+    grow)."""
     postmaster = psutil.Process(backend_pid).parent()
 
     def listed() -> list[psutil.Process]:
@@ -102,7 +103,9 @@ def postgres_backends(backend_pid: int, database: str, exclude: set[int]) -> Lis
             try:
                 if child.pid in exclude:
                     continue
-                if f" {database} " in " ".join(child.cmdline()) + " ":
+                title = " ".join(child.cmdline()) + " "
+                # Autovacuum's work comes after the fact, in whichever window it falls.
+                if f" {database} " in title and "autovacuum" not in title:
                     found.append(child)
             except (psutil.Error, OSError):
                 continue

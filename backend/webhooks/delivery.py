@@ -65,7 +65,9 @@ MAX_ERROR_CHARS = 500
 FANOUT_LOCK = 0x77656268
 
 # Up to :batch events not yet fanned out, in order: their deliveries, each due at once when it
-# is its key's head (no pending delivery of the key before it), else waiting.
+# is its key's head (no pending delivery of the key before it), else waiting. (`(SELECT …
+# LIMIT 1) IS NULL` rather than NOT EXISTS: a probe of the key's index entries per row, never
+# an anti-join over every pending row.)
 _FANOUT = text(
     """
 WITH ev AS (
@@ -87,7 +89,8 @@ written AS (
     SELECT gen_random_uuid(), t.id, t.endpoint_id, t.ordering_key, t.seq, 'pending', 0,
         CASE WHEN t.ordering_key IS NULL OR (t.n = 1 AND (
             SELECT 1 FROM webhook_deliveries d WHERE d.endpoint_id = t.endpoint_id
-                AND d.ordering_key = t.ordering_key AND d.status = 'pending' LIMIT 1) IS NULL)
+                AND d.ordering_key = t.ordering_key AND d.status = 'pending'
+            ORDER BY d.seq LIMIT 1) IS NULL)
         THEN t.created_at END, t.created_at
     FROM targets t
     RETURNING 1
@@ -153,10 +156,11 @@ promoted AS (
             WHERE n.endpoint_id = f.endpoint_id AND n.ordering_key = f.ordering_key
                 AND n.status = 'pending' AND n.next_attempt_at IS NULL
             ORDER BY n.seq LIMIT 1)
-        AND NOT EXISTS (SELECT FROM webhook_deliveries h
+        AND (SELECT 1 FROM webhook_deliveries h
             WHERE h.endpoint_id = f.endpoint_id AND h.ordering_key = f.ordering_key
                 AND h.status = 'pending' AND h.next_attempt_at IS NOT NULL
-                AND h.id NOT IN (SELECT x.id FROM done x))
+                AND h.id <> ALL(CAST(:ids AS uuid[]))
+            ORDER BY h.seq LIMIT 1) IS NULL
 )
 UPDATE webhook_endpoints SET enabled = false, updated_at = now()
 WHERE id IN (SELECT endpoint_id FROM done WHERE disable)

@@ -104,13 +104,13 @@ class WebhookDelivery(IdMixin, Base):
             "seq",
             postgresql_where=text("status = 'pending'"),
         ),
-        # Each endpoint's due heads (the delivery loop's take reads the range up to now:
-        # waiting rows are NULL, leased and retrying ones later).
+        # Each endpoint's heads (the delivery loop's take reads the range up to now: leased
+        # and retrying ones are later; waiting rows, NULL, are not in it).
         Index(
             "ix_webhook_deliveries_due",
             "endpoint_id",
             "next_attempt_at",
-            postgresql_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending' AND next_attempt_at IS NOT NULL"),
         ),
     )
 

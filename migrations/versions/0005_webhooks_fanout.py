@@ -61,7 +61,7 @@ def upgrade() -> None:
         "ix_webhook_deliveries_due",
         "webhook_deliveries",
         ["endpoint_id", "next_attempt_at"],
-        postgresql_where=sa.text("status = 'pending'"),
+        postgresql_where=sa.text("status = 'pending' AND next_attempt_at IS NOT NULL"),
     )
     # Pending deliveries behind an older pending one of their key now wait for it.
     op.execute(
@@ -90,7 +90,7 @@ def downgrade() -> None:
     op.drop_index(
         "ix_webhook_deliveries_due",
         table_name="webhook_deliveries",
-        postgresql_where=sa.text("status = 'pending'"),
+        postgresql_where=sa.text("status = 'pending' AND next_attempt_at IS NOT NULL"),
     )
     op.drop_index(
         "ix_webhook_events_unfanned",
