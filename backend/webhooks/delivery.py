@@ -1,9 +1,9 @@
 """Delivery of the outbox's events: by every worker process (unless WEBHOOK_DELIVERY_ENABLED
 is false), or by processes of their own (`agentry webhooks`), in tasks of their own.
 
-Each loop turn first fans new events out (`_FANOUT`): the deliveries of each event, one per
-enabled endpoint subscribed to its type, written in one transaction that marks the events
-fanned out. One process fans out at a time (a transaction-level advisory lock), in event
+At each poll (WEBHOOK_POLL_SECONDS) the loop fans new events out (`_FANOUT`): the deliveries
+of each event, one per enabled endpoint subscribed to its type, written in one transaction
+that marks the events fanned out. One process fans out at a time (a transaction-level advisory lock), in event
 order: an (endpoint, ordering key)'s deliveries are written in the order of its events, and
 only the oldest pending one -- the key's head -- is due; the others wait (next_attempt_at
 NULL) until the head succeeds or fails, when the statement writing that result makes the next
