@@ -43,6 +43,20 @@ async def _addresses(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
+def check_form(url: str) -> int:
+    """Raise UrlRefused unless `url` is an http(s) URL with a host, a valid port and no
+    credentials (also the rule for agent types' MCP servers); its port."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UrlRefused("must be an http(s) URL with a host")
+    if parts.username or parts.password:
+        raise UrlRefused("must not carry credentials")
+    try:
+        return parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise UrlRefused("has an invalid port") from None
+
+
 async def check(url: str, *, allow_private: bool, resolved: bool = True) -> None:
     """Raise UrlRefused unless `url` may receive webhooks (resolving its host); `resolved`:
     a host that does not resolve is refused too (at delivery), else let through (at create)."""
@@ -56,23 +70,16 @@ async def resolve(url: str, *, allow_private: bool) -> str | None:
 
 
 async def _checked(url: str, *, allow_private: bool, resolved: bool) -> str | None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UrlRefused("must be an http(s) URL with a host")
-    if parts.username or parts.password:
-        raise UrlRefused("must not carry credentials")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise UrlRefused("has an invalid port") from None
+    port = check_form(url)
     if allow_private:
         return None
+    host = urlsplit(url).hostname or ""
     try:
-        addresses = await _addresses(parts.hostname, port)
+        addresses = await _addresses(host, port)
     except (OSError, TimeoutError):
         if not resolved:
             return None  # not resolvable now: each delivery attempt checks it again
-        raise UrlRefused(f"host {parts.hostname} does not resolve") from None
+        raise UrlRefused(f"host {host} does not resolve") from None
     if not addresses or any(_private(address) for address in addresses):
         raise UrlRefused("resolves to a private, loopback or link-local address")
     return addresses[0]
