@@ -244,8 +244,10 @@ class Deliverer:
                     self._wake.wait(), max(self.poll - (time.monotonic() - fanned_at), 0.001)
                 )
             # Woken by an attempt that ended: the others ending meanwhile are taken together
-            # (one statement for many attempts, not one each).
-            await asyncio.sleep(TAKE_GAP_SECONDS)
+            # (one statement for many attempts, not one each); with none left in flight, at
+            # once (a key's next event waits for no one).
+            if self.tasks:
+                await asyncio.sleep(TAKE_GAP_SECONDS)
 
     async def fan_out(self) -> int:
         """Write the deliveries of up to FANOUT_BATCH new events (unless another process is
