@@ -304,8 +304,8 @@ _REQUIRES_ACTION_EVENTS = outbox.ctes(
     "run_ra",
     outbox.EventType.run_requires_action,
     """
-SELECT rn.project_id, rn.id AS ordering_key, jsonb_build_object(
-        'run', to_jsonb(rn) - 'from_status' - 'moved', 'required_action', rn.required_action
+SELECT rn.project_id, rn.id AS ordering_key, json_build_object(
+        'run', to_json(rn), 'required_action', rn.required_action
     ) AS payload, :now::timestamptz AS created_at
 FROM run_new rn WHERE rn.moved""",
 )
