@@ -236,7 +236,20 @@ async def _cancel(session: AsyncSession, jobs: list[dict[str, Any]]) -> list[Any
     """The worker's `cancelled` conclusion for these runs (usage counted, agent freed unless
     paused or terminated); after commit: the running ones' jobs aborted, the freed agents'
     next runs enqueued, the final events published. The rows it moved."""
-    rows = await pipeline.conclude_in(session, Conclusion.cancelled, jobs)
+    ended = await end_in(session, Conclusion.cancelled, jobs)
+    for run, row in ended:
+        if row.from_status == RunStatus.running:
+            # Its job id carries the pre-claim attempt count.
+            dispatch.later(session, _abort(run.id, run.attempt - 1))
+    return [row for _, row in ended]
+
+
+async def end_in(
+    session: AsyncSession, kind: Conclusion, jobs: list[dict[str, Any]]
+) -> list[tuple[Run, Any]]:
+    """A final conclusion (`kind`) of these runs through the session, and `after_end` for each
+    run it ended: (the run as committed, its statement's row)."""
+    rows = await pipeline.conclude_in(session, kind, jobs)
     moved = [row for row in rows if row.moved]
     if not moved:
         return []
@@ -249,12 +262,8 @@ async def _cancel(session: AsyncSession, jobs: list[dict[str, Any]]) -> list[Any
         )
     }
     for row in moved:
-        run = runs[row.id]
-        if row.from_status == RunStatus.running:
-            # Its job id carries the pre-claim attempt count.
-            dispatch.later(session, _abort(run.id, run.attempt - 1))
-        after_end(session, run, row)
-    return moved
+        after_end(session, runs[row.id], row)
+    return [(runs[row.id], row) for row in moved]
 
 
 def after_end(session: AsyncSession, run: Run, row: Any) -> None:
