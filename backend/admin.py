@@ -10,9 +10,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.access import SuperuserSession, rate_limit
 from backend.audit import service as audit_service
 from backend.audit.schemas import AuditEntry
-from backend.auth.dependencies import SuperuserSession, rate_limit
 from backend.core.db import Session
 from backend.core.schemas import Page, Paging, error_responses
 from backend.queue.jobs import Redis

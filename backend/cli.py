@@ -1,4 +1,4 @@
-"""`agentry dev|api|worker|migrate|create-superuser`."""
+"""`agentry dev|api|worker|webhooks|migrate|create-superuser`."""
 
 from __future__ import annotations
 
@@ -179,6 +179,15 @@ def worker() -> None:
     from backend.worker import main as worker_main
 
     worker_main()
+
+
+@app.command()
+def webhooks() -> None:
+    """Deliver webhooks only (Postgres only): beside workers started with
+    WEBHOOK_DELIVERY_ENABLED=false, deliveries cost the run pipeline no CPU."""
+    from backend.webhooks.process import main as webhooks_main
+
+    webhooks_main()
 
 
 @app.command("worker-health")

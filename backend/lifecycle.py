@@ -8,14 +8,13 @@ each in turn, and the routers call it.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.agents import service as agents_service
 from backend.agents import state as agent_state
 from backend.agents.models import AgentStatus
-from backend.agents.schemas import AgentUpdate
+from backend.agents.schemas import AgentOut, AgentUpdate
 from backend.projects import service as projects_service
 from backend.projects.dependencies import ProjectContext
 from backend.runs import service as runs_service
@@ -23,22 +22,18 @@ from backend.runs import service as runs_service
 
 async def update_agent(
     session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID, data: AgentUpdate
-) -> dict[str, Any]:
+) -> AgentOut:
     await agents_service.update(session, ctx, agent_id, data)
     await _runs_follow(session, agent_id, data.status)
     return await agents_service.get(session, ctx, agent_id)
 
 
-async def pause_agent(
-    session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID
-) -> dict[str, Any]:
+async def pause_agent(session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID) -> AgentOut:
     await agents_service.pause(session, ctx, agent_id)  # its runs wait
     return await agents_service.get(session, ctx, agent_id)
 
 
-async def resume_agent(
-    session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID
-) -> dict[str, Any]:
+async def resume_agent(session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID) -> AgentOut:
     await agents_service.resume(session, ctx, agent_id)
     await _runs_follow(session, agent_id, AgentStatus.idle)
     return await agents_service.get(session, ctx, agent_id)

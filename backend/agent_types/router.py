@@ -5,9 +5,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
+from backend.access import CurrentPrincipal, SuperuserSession, rate_limit
 from backend.agent_types import service
 from backend.agent_types.schemas import AgentTypeCreate, AgentTypeOut, AgentTypeUpdate
-from backend.auth.dependencies import CurrentPrincipal, SuperuserSession, rate_limit
 from backend.core.db import Session
 from backend.core.schemas import Page, Paging, error_responses
 

@@ -197,16 +197,3 @@ async def delete(session: AsyncSession, principal: Principal, type_id: uuid.UUID
         target_id=agent_type.id,
         details={"slug": agent_type.slug},
     )
-
-
-async def lock_for_spawn(session: AsyncSession, type_id: uuid.UUID) -> AgentType:
-    """The type a new agent will use, share-locked until commit (see the module docstring)."""
-    agent_type = await session.scalar(
-        select(AgentType).where(AgentType.id == type_id, _LIVE).with_for_update(read=True)
-    )
-    if agent_type is None:
-        raise NotFound(f"Agent type {type_id} not found")
-    if not agent_type.is_active:
-        # API.md: an inactive type is a 422 naming agent_type_id (the schema cannot state it).
-        raise ValidationFailed(f"Agent type '{agent_type.slug}' is inactive", field="agent_type_id")
-    return agent_type

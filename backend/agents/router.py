@@ -6,14 +6,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from backend import lifecycle
+from backend.access import AgentReader, AgentWriter, rate_limit
 from backend.agents import service
 from backend.agents.models import AgentStatus
 from backend.agents.schemas import AgentCreate, AgentEventOut, AgentMetrics, AgentOut, AgentUpdate
-from backend.auth.dependencies import rate_limit
 from backend.core.db import Session
 from backend.core.idempotency import IdempotencyKeyHeader, Outcome, respond, run_idempotent
 from backend.core.schemas import Message, Page, Paging, error_responses
-from backend.projects.dependencies import AgentReader, AgentWriter
 
 router = APIRouter(prefix="/projects/{project_id}/agents")
 _READ = error_responses(401, 403, 404, 422, 429)
@@ -36,7 +35,7 @@ async def spawn_agent(
     idempotency_key: IdempotencyKeyHeader = None,
 ):
     async def create() -> Outcome:
-        agent = AgentOut.model_validate(await service.spawn(session, ctx, body))
+        agent = await service.spawn(session, ctx, body)
         location = f"/api/v1/projects/{ctx.project.id}/agents/{agent.id}"
         return Outcome(201, agent, {"Location": location})
 

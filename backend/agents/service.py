@@ -2,11 +2,13 @@
 
 Reads are one statement: the agent joined to its type, with its pending runs counted
 by a correlated subquery on the partial index of unfinished runs. The project's name
-and slug come from the already authorized ProjectContext, so no join is needed.
+and slug come from the already authorized ProjectContext, so no join is needed. A spawn is
+one statement too (locks, insert, webhook event): `_SPAWN`.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -14,16 +16,15 @@ from sqlalchemy import bindparam, column, func, select, table, text
 from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.agent_types import service as agent_types_service
 from backend.agent_types.models import AgentType
 from backend.agents import state
 from backend.agents.models import Agent, AgentEvent, AgentStatus
-from backend.agents.schemas import AgentCreate, AgentUpdate
+from backend.agents.schemas import AgentCreate, AgentMetrics, AgentOut, AgentUpdate
 from backend.audit import service as audit
+from backend.core import sql
 from backend.core.db import paginate, utcnow
 from backend.core.errors import Conflict, NotFound, ValidationFailed
 from backend.core.schemas import PageParams
-from backend.projects import service as projects_service
 from backend.projects.dependencies import ProjectContext
 from backend.webhooks import outbox
 
@@ -46,24 +47,60 @@ _ROWS = select(
     _PENDING.label("pending_runs"),
 ).select_from(agents.join(types, types.c.id == agents.c.agent_type_id))
 # Built once (building the expression per request costs more than running it).
-_ONE = _ROWS.where(agents.c.id == bindparam("agent_id"), agents.c.project_id == bindparam("pid"))
+_ONE = sql.Statement.compiled(
+    _ROWS.where(agents.c.id == bindparam("agent_id"), agents.c.project_id == bindparam("pid"))
+)
 _ACTIVE = (AgentStatus.working.value, AgentStatus.waiting.value)
 _TERMINATED = AgentStatus.terminated.value
-_SPAWNED = state.event_source(
-    "(SELECT * FROM agents WHERE id = :agent_id)",
-    where="true",
-    from_status="CAST(NULL AS text)",
-    to="m.status",
-    reason="NULL",
-    now="m.created_at",
-    pending_runs="0",
+# The model's scalar column defaults (status idle, counters zero): a spawn writes them as the
+# ORM would.
+_DEFAULTS = sql.scalar_defaults(agents)
+_COLUMNS = ", ".join(sorted({"current_task", "short_term_memory", *_DEFAULTS}))
+_VALUES = ", ".join(
+    f":{name}" for name in sorted({"current_task", "short_term_memory", *_DEFAULTS})
 )
+# The project row key-share locked against its deletion (which takes FOR UPDATE first: a spawn
+# commits before it, its agent terminated with the others, or waits and finds it deleted), the
+# type share-locked until commit (a concurrent delete or deactivation of the type waits for
+# us), the agent inserted when both are there and the type is active, and its
+# agent.status_changed event for the project's webhooks, and its audit row: one statement,
+# whose answer says which of these was missing.
+_EVENT = outbox.ctes(
+    "ev",
+    outbox.EventType.agent_status_changed,
+    state.event_source(
+        "spawned",
+        where="true",
+        from_status="CAST(NULL AS text)",
+        to="m.status",
+        reason="NULL",
+        now="m.created_at",
+        pending_runs="0",
+    ),
+)
+_SPAWN = sql.Statement.of(f"""
+WITH p AS (
+    SELECT id FROM projects WHERE id = :project_id AND deleted_at IS NULL FOR KEY SHARE
+), t AS (
+    SELECT id, name, slug, is_active FROM agent_types
+    WHERE id = :agent_type_id AND deleted_at IS NULL FOR SHARE
+), spawned AS (
+    INSERT INTO agents (id, project_id, agent_type_id, name, created_at, updated_at, {_COLUMNS})
+    SELECT :agent_id, p.id, t.id, :name, :now, :now, {_VALUES}
+    FROM p, t WHERE t.is_active
+    RETURNING *
+), {_EVENT}, {audit.cte("audited", when="spawned")}
+SELECT (SELECT count(*) FROM p) AS project_found, t.slug AS agent_type_slug,
+    t.name AS agent_type_name, t.is_active AS agent_type_active, spawned.*
+FROM (SELECT 1) one LEFT JOIN t ON true LEFT JOIN spawned ON true""")
 
 
-def _out(row: Any, ctx: ProjectContext) -> dict[str, Any]:
+def _out(row: Any, ctx: ProjectContext, pending_runs: int | None = None) -> AgentOut:
     out = dict(row)
     out["project_name"], out["project_slug"] = ctx.project.name, ctx.project.slug
-    return out
+    if pending_runs is not None:
+        out["pending_runs"] = pending_runs
+    return AgentOut.model_validate(out)
 
 
 def _actor(ctx: ProjectContext) -> dict[str, Any]:
@@ -71,11 +108,10 @@ def _actor(ctx: ProjectContext) -> dict[str, Any]:
     return {"actor_user_id": ctx.principal.user.id, "actor_api_key_id": key.id if key else None}
 
 
-def _audit(
-    session: AsyncSession, ctx: ProjectContext, action: str, agent_id: uuid.UUID, **details: Any
-) -> None:
-    audit.record(
-        session,
+def _audit_row(
+    ctx: ProjectContext, action: str, agent_id: uuid.UUID, **details: Any
+) -> audit.AuditRow:
+    return audit.row(
         ctx.principal,
         action,
         project_id=ctx.project.id,
@@ -85,9 +121,14 @@ def _audit(
     )
 
 
-async def get(session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID) -> dict[str, Any]:
-    params = {"agent_id": agent_id, "pid": ctx.project.id}
-    row = (await session.execute(_ONE, params)).mappings().first()
+def _audit(
+    session: AsyncSession, ctx: ProjectContext, action: str, agent_id: uuid.UUID, **details: Any
+) -> None:
+    audit.add(session, _audit_row(ctx, action, agent_id, **details))
+
+
+async def get(session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID) -> AgentOut:
+    row = await sql.fetchrow(session, _ONE, {"agent_id": agent_id, "pid": ctx.project.id})
     if row is None:
         raise NotFound(f"Agent {agent_id} not found")
     return _out(row, ctx)
@@ -100,7 +141,7 @@ async def list_agents(
     *,
     status: AgentStatus | None = None,
     agent_type_id: uuid.UUID | None = None,
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[AgentOut], int]:
     """Two statements whatever the page size: the count, then the page with its joins."""
     where = [agents.c.project_id == ctx.project.id]
     if status is not None:
@@ -113,33 +154,36 @@ async def list_agents(
     # Plain tuples zipped with the keys once: no RowMapping, no ORM attribute read per row.
     keys = [*_ROWS.selected_columns.keys(), "project_name", "project_slug"]
     project = (ctx.project.name, ctx.project.slug)
-    return [dict(zip(keys, (*row, *project), strict=True)) for row in rows], total
+    outs = [AgentOut.model_validate(dict(zip(keys, (*row, *project), strict=True))) for row in rows]
+    return outs, total
 
 
-async def spawn(session: AsyncSession, ctx: ProjectContext, data: AgentCreate) -> dict[str, Any]:
+async def spawn(session: AsyncSession, ctx: ProjectContext, data: AgentCreate) -> AgentOut:
     if data.project_id is not None and data.project_id != ctx.project.id:
         raise ValidationFailed("project_id must match the project in the path", field="project_id")
-    await projects_service.lock_for_spawn(session, ctx.project.id)
-    # Share-locked until commit: a concurrent delete or deactivation of the type waits for us.
-    agent_type = await agent_types_service.lock_for_spawn(session, data.agent_type_id)
-    agent = Agent(
-        project_id=ctx.project.id,
-        agent_type_id=agent_type.id,
-        name=data.name,  # status: the column default (idle); only state.py changes it later
-        current_task=data.current_task,
-        short_term_memory=data.short_term_memory,
-    )
-    session.add(agent)
-    await session.flush()
-    _audit(session, ctx, "agent.spawn", agent.id, agent_type_id=str(agent_type.id))
-    await outbox.record(session, outbox.EventType.agent_status_changed, _SPAWNED, agent_id=agent.id)
-    out = {c.key: getattr(agent, c.key) for c in agents.c}
-    out |= {
-        "agent_type_name": agent_type.name,
-        "agent_type_slug": agent_type.slug,
-        "pending_runs": 0,
+    agent_id = uuid.uuid4()
+    details = {"agent_type_id": str(data.agent_type_id)}
+    params = _DEFAULTS | audit.params(_audit_row(ctx, "agent.spawn", agent_id, **details))
+    params |= {
+        "project_id": ctx.project.id,
+        "agent_type_id": data.agent_type_id,
+        "agent_id": agent_id,
+        "name": data.name,
+        "current_task": data.current_task,
+        "short_term_memory": json.dumps(data.short_term_memory),
+        "now": utcnow(),
     }
-    return _out(out, ctx)
+    row = await sql.fetchrow(session, _SPAWN, params)
+    assert row is not None  # one row whatever was found
+    if not row["project_found"]:
+        raise NotFound(f"Project {ctx.project.id} not found")
+    if row["agent_type_slug"] is None:
+        raise NotFound(f"Agent type {data.agent_type_id} not found")
+    if not row["agent_type_active"]:
+        # API.md: an inactive type is a 422 naming agent_type_id (the schema cannot state it).
+        slug = row["agent_type_slug"]
+        raise ValidationFailed(f"Agent type '{slug}' is inactive", field="agent_type_id")
+    return _out(row, ctx, pending_runs=0)
 
 
 def _terminal_values() -> dict[str, Any]:
@@ -251,7 +295,7 @@ async def terminate_all(session: AsyncSession, ctx: ProjectContext, *, reason: s
         _audit(session, ctx, "agent.terminate", agent_id, reason=reason)
 
 
-async def project_metrics(session: AsyncSession, ctx: ProjectContext) -> dict[str, Any]:
+async def project_metrics(session: AsyncSession, ctx: ProjectContext) -> AgentMetrics:
     """Totals over every agent of the project, terminated ones included."""
     row = (
         (
@@ -273,12 +317,12 @@ async def project_metrics(session: AsyncSession, ctx: ProjectContext) -> dict[st
         .mappings()
         .one()
     )
-    return dict(row)
+    return AgentMetrics.model_validate(row)
 
 
 async def agent_metrics(
     session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID
-) -> dict[str, Any]:
+) -> AgentMetrics:
     row = (
         await session.execute(
             select(
@@ -291,14 +335,14 @@ async def agent_metrics(
     ).first()
     if row is None:
         raise NotFound(f"Agent {agent_id} not found")
-    return {
-        "total_instances": 1,
-        "active_instances": int(row.status in _ACTIVE),
-        "idle_instances": int(row.status == AgentStatus.idle.value),
-        "total_tasks_completed": row.tasks_completed,
-        "total_tokens_used": row.tokens_used,
-        "total_cost_incurred": row.cost_incurred,
-    }
+    return AgentMetrics(
+        total_instances=1,
+        active_instances=int(row.status in _ACTIVE),
+        idle_instances=int(row.status == AgentStatus.idle.value),
+        total_tasks_completed=row.tasks_completed,
+        total_tokens_used=row.tokens_used,
+        total_cost_incurred=row.cost_incurred,
+    )
 
 
 async def list_events(

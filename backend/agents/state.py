@@ -54,19 +54,26 @@ PENDING_RUNS = (
     "(SELECT count(*) FROM runs q WHERE q.agent_id = m.id AND q.status IN ('queued', 'running'))"
 )
 
-outbox.register("agent", lambda snapshot: AgentOut.model_validate(snapshot).model_dump(mode="json"))
+
+def _render(snapshot: Any) -> Any:
+    # [the row as written, what GET joins to it] (older events: one merged object)
+    row = snapshot if isinstance(snapshot, dict) else snapshot[0] | snapshot[1]
+    return AgentOut.model_validate(row).model_dump(mode="json")
+
+
+outbox.register("agent", _render)
 
 
 def event_source(
     rows: str, *, where: str, from_status: str, to: str, reason: str, now: str, pending_runs: str
 ) -> str:
     """The agent.status_changed outbox source for agents `m` read from `rows` (a FROM item):
-    the row as written, plus what GET joins to it."""
+    the row as written, and what GET joins to it (json built as text: see outbox)."""
     return f"""
-SELECT m.project_id, m.id AS ordering_key, jsonb_build_object(
-        'agent', (to_jsonb(m) - 'from_status' - 'moved') || jsonb_build_object(
+SELECT m.project_id, m.id AS ordering_key, json_build_object(
+        'agent', json_build_array(to_json(m), json_build_object(
             'agent_type_name', t.name, 'agent_type_slug', t.slug, 'project_name', p.name,
-            'project_slug', p.slug, 'pending_runs', {pending_runs}),
+            'project_slug', p.slug, 'pending_runs', {pending_runs})),
         'from_status', {from_status}, 'to_status', {to}, 'reason', CAST({reason} AS text)
     ) AS payload, {now} AS created_at
 FROM {rows} m JOIN agent_types t ON t.id = m.agent_type_id JOIN projects p ON p.id = m.project_id
@@ -93,7 +100,7 @@ def transition_ctes(
 
     Gives `agent_old` (id, status), `agent_moved` (every column of each agent written, with
     `from_status` and `moved`), `agent_history` (a history row per agent moved) and the
-    outbox's `agent_ev_*` (its agent.status_changed event and deliveries). The rows
+    outbox's `agent_ev_events` (its agent.status_changed events). The rows
     are locked FOR UPDATE in id order (their latest committed status is the one guarded). A
     caller whose other CTEs read the agents' runs must have locked these agent rows in an
     earlier statement of its transaction, so that its statement's snapshot follows every

@@ -1,24 +1,26 @@
-"""Who is calling: a user by JWT, or a user's API key. Plus the per-route rate-limit dependency."""
+"""Who is calling: a user by JWT, or a user's API key — the credential part of every request.
+
+The columns read, the checks of what was read (active user, token version, key revoked or
+expired), and the principal they give. backend/access.py reads them in one statement with the
+path's project (the project gate's part); nothing here knows projects.
+"""
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Annotated, Any, NamedTuple
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
-from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import Label, and_, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.requests import HTTPConnection
 
 from backend.auth.models import ApiKey, User
-from backend.core.db import Session, utcnow
-from backend.core.errors import Forbidden, Unauthorized
-from backend.core.security import InvalidToken, decode_access_token, digest
-from backend.projects.models import Project, ProjectMember
+from backend.core.db import utcnow
+from backend.core.errors import Unauthorized
+from backend.core.security import AccessClaims
 
 oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
@@ -26,21 +28,41 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 # last_used_at is written at most this often per key and process: no write per request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 _last_used_written: dict[uuid.UUID, float] = {}
+R = TypeVar("R")
 
 
-class PathProject(NamedTuple):
-    """The path's project read with the credentials: the project gate still decides."""
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    """The caller's user as read with the credentials (no password hash)."""
 
-    project_id: uuid.UUID
-    project: Project | None  # None: no such (live) project
-    role: str | None  # the user's membership role, None for a non-member
+    id: uuid.UUID
+    email: str
+    full_name: str | None
+    is_active: bool
+    is_superuser: bool
+    token_version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, user: User) -> UserRow:
+        return cls(*[getattr(user, f.name) for f in fields(cls)])
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    id: uuid.UUID
+    user_id: uuid.UUID
+    project_id: uuid.UUID | None
+    scopes: list[str]
+    expires_at: datetime | None
+    revoked_at: datetime | None
 
 
 @dataclass(frozen=True)
 class Principal:
-    user: User
-    api_key: ApiKey | None = None
-    path_project: PathProject | None = field(default=None, compare=False, repr=False)
+    user: UserRow
+    api_key: KeyRow | None = None
 
     @property
     def identity(self) -> str:
@@ -51,145 +73,69 @@ class Principal:
         return self.api_key is None or scope in self.api_key.scopes
 
 
-# One round trip authenticates and, on a project's routes, reads that project and the
-# caller's role in it (outer joins: no project id, or no such project, just yields NULLs).
-# Built once: constructing the expressions per request costs more than running them.
-def _with_path_project(stmt: Any, where: Any) -> Any:
-    return (
-        stmt.outerjoin(
-            Project, and_(Project.id == bindparam("project_id"), Project.deleted_at.is_(None))
-        )
-        .outerjoin(
-            ProjectMember,
-            and_(ProjectMember.project_id == Project.id, ProjectMember.user_id == User.id),
-        )
-        .where(where)
-    )
+def columns(table: Any, row: type, prefix: str) -> list[Label[Any]]:
+    """`row`'s fields as columns of `table`, labelled `prefix` + name (see `take`)."""
+    return [table.c[f.name].label(prefix + f.name) for f in fields(row)]
 
 
-_BY_TOKEN = _with_path_project(
-    select(User, Project, ProjectMember.role).select_from(User),
-    User.id == bindparam("user_id"),
-)
-_BY_KEY = _with_path_project(
-    select(ApiKey, User, Project, ProjectMember.role)
-    .select_from(ApiKey)
-    .join(User, User.id == ApiKey.user_id),
-    ApiKey.key_digest == bindparam("key_digest"),
-)
+def take(row: type[R], record: Any, prefix: str) -> R:
+    """The `row` dataclass from a record's columns labelled by `columns`."""
+    names = _LABELS.get((row, prefix))
+    if names is None:
+        names = _LABELS[(row, prefix)] = tuple(prefix + f.name for f in fields(row))  # type: ignore[arg-type]
+    return row(*[record[name] for name in names])
 
 
-def _path_project_id(connection: HTTPConnection) -> uuid.UUID | None:
-    raw = connection.path_params.get("project_id")
-    if raw is None:
-        return None
-    try:
-        return uuid.UUID(raw)
-    except (ValueError, TypeError, AttributeError):
-        return None  # the route's own validation answers 422
+_LABELS: dict[tuple[type, str], tuple[str, ...]] = {}
 
 
-def _path_project(project_id: uuid.UUID | None, row: Any) -> PathProject | None:
-    return None if project_id is None else PathProject(project_id, row.Project, row.role)
+USER_COLUMNS = columns(User.__table__, UserRow, "u_")
+KEY_COLUMNS = columns(ApiKey.__table__, KeyRow, "k_")
+# What a request's statement selects from, and for which credential (bindparams user_id or
+# key_digest). backend/access.py adds the path's project to them.
+USER_SOURCE = User.__table__
+KEY_SOURCE = ApiKey.__table__.join(User.__table__, User.id == ApiKey.user_id)
+BY_TOKEN = User.id
+BY_KEY = ApiKey.key_digest
 
 
-async def _from_token(connection: HTTPConnection, session: AsyncSession, token: str) -> Principal:
-    settings = connection.app.state.settings
-    try:
-        claims = decode_access_token(
-            token, secret=settings.secret_key, algorithm=settings.JWT_ALGORITHM
-        )
-    except InvalidToken:
-        raise Unauthorized("Invalid or expired access token") from None
-    project_id = _path_project_id(connection)
-    params = {"user_id": claims.user_id, "project_id": project_id}
-    row = (await session.execute(_BY_TOKEN, params)).first()
-    if row is None or not row.User.is_active or claims.version != row.User.token_version:
+def token_principal(record: Any, claims: AccessClaims) -> Principal:
+    """The principal of a verified access token and its user's record (None: no such user)."""
+    if record is None or record["u_id"] is None:
         raise Unauthorized("Invalid or expired access token")
-    return Principal(row.User, path_project=_path_project(project_id, row))
+    user = take(UserRow, record, "u_")
+    if not user.is_active or claims.version != user.token_version:
+        raise Unauthorized("Invalid or expired access token")
+    return Principal(user)
 
 
-async def _from_api_key(connection: HTTPConnection, session: AsyncSession, raw: str) -> Principal:
-    project_id = _path_project_id(connection)
-    params = {"key_digest": digest(raw), "project_id": project_id}
-    row = (await session.execute(_BY_KEY, params)).first()
-    now = utcnow()
-    if row is None:
+def key_principal(record: Any) -> Principal:
+    """The principal of an API key's record (None: no such key)."""
+    if record is None or record["k_id"] is None:
         raise Unauthorized("Invalid API key")
-    key, user = row.ApiKey, row.User
-    if key.revoked_at or (key.expires_at and key.expires_at <= now) or not user.is_active:
+    key, user = take(KeyRow, record, "k_"), take(UserRow, record, "u_")
+    if key.revoked_at or (key.expires_at and key.expires_at <= utcnow()) or not user.is_active:
         raise Unauthorized("Invalid API key")
+    return Principal(user, key)
+
+
+async def note_key_use(session: AsyncSession, key: KeyRow) -> None:
+    """Set the key's last_used_at, at most once per LAST_USED_RESOLUTION (per process, and
+    the conditional UPDATE across processes)."""
     last = _last_used_written.get(key.id, 0.0)
-    if time.monotonic() - last >= LAST_USED_RESOLUTION.total_seconds():
-        _last_used_written[key.id] = time.monotonic()
-        await session.execute(
-            update(ApiKey)
-            .where(
+    if time.monotonic() - last < LAST_USED_RESOLUTION.total_seconds():
+        return
+    _last_used_written[key.id] = time.monotonic()
+    now = utcnow()
+    await session.execute(
+        update(ApiKey)
+        .where(
+            and_(
                 ApiKey.id == key.id,
                 (ApiKey.last_used_at.is_(None))
                 | (ApiKey.last_used_at < now - LAST_USED_RESOLUTION),
             )
-            .values(last_used_at=now)
-            .execution_options(synchronize_session=False)
         )
-    return Principal(user, key, path_project=_path_project(project_id, row))
-
-
-async def authenticate(
-    request: Request,
-    session: Session,
-    token: Annotated[str | None, Depends(oauth2)] = None,
-    api_key: Annotated[str | None, Depends(api_key_header)] = None,
-) -> Principal:
-    if api_key:
-        return await _from_api_key(request, session, api_key)
-    if token:
-        return await _from_token(request, session, token)
-    raise Unauthorized("Authentication required")
-
-
-CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
-
-
-async def _require_user_session(principal: CurrentPrincipal) -> Principal:
-    if principal.api_key is not None:
-        raise Forbidden("This route needs a login: API keys cannot use it")
-    return principal
-
-
-UserSession = Annotated[Principal, Depends(_require_user_session)]
-
-
-def client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
-def rate_limit(name: str, default: str):
-    """Per-caller limit for an authenticated route (user id, or API key id)."""
-
-    async def dependency(request: Request, principal: CurrentPrincipal) -> None:
-        await request.app.state.limiter.enforce(name, default, principal.identity, request)
-
-    return Depends(dependency)
-
-
-def ip_rate_limit(name: str, default: str, *, fail_closed: bool = False):
-    """Per-client-IP limit for an anonymous route (`fail_closed`: 503 while Redis is down)."""
-
-    async def dependency(request: Request) -> None:
-        await request.app.state.limiter.enforce(
-            name, default, client_ip(request), request, fail_closed=fail_closed
-        )
-
-    return Depends(dependency)
-
-
-async def _require_superuser_session(principal: UserSession) -> Principal:
-    if not principal.user.is_superuser:
-        raise Forbidden("Superuser privileges required")
-    return principal
-
-
-# Superuser routes (users, agent types, /admin/*) need a superuser's login: an API key,
-# even a superuser's, is refused (403), whatever its scopes.
-SuperuserSession = Annotated[Principal, Depends(_require_superuser_session)]
+        .values(last_used_at=now)
+        .execution_options(synchronize_session=False)
+    )

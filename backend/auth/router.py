@@ -5,15 +5,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, Response, status
 
-from backend.audit import service as audit
-from backend.auth import service
-from backend.auth.dependencies import (
+from backend.access import (
     CurrentPrincipal,
     SuperuserSession,
     UserSession,
+    check_key_project,
     ip_rate_limit,
     rate_limit,
 )
+from backend.audit import service as audit
+from backend.auth import service
 from backend.auth.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -232,6 +233,8 @@ async def delete_user(user_id: uuid.UUID, principal: SuperuserSession, session: 
     dependencies=[rate_limit("api_keys.create", "20/minute")],
 )
 async def create_api_key(body: ApiKeyCreate, principal: UserSession, session: Session):
+    if body.project_id is not None:
+        await check_key_project(session, principal, body.project_id)
     key, raw = await service.create_api_key(session, principal, body)
     return ApiKeyCreated.model_validate({**ApiKeyOut.model_validate(key).model_dump(), "key": raw})
 

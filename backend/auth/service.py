@@ -5,13 +5,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, func, select, update
+from sqlalchemy import CursorResult, column, delete, func, select, table, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.audit import service as audit
-from backend.auth.dependencies import Principal
+from backend.auth.dependencies import Principal, UserRow
 from backend.auth.models import ApiKey, RefreshToken, User
 from backend.auth.schemas import ApiKeyCreate, MeUpdate, Scope, UserCreate, UserUpdate
 from backend.config import Settings
@@ -26,7 +26,6 @@ from backend.core.security import (
     new_refresh_token,
     verify_password,
 )
-from backend.projects.models import Project, ProjectMember
 
 INVALID_CREDENTIALS = "Incorrect email or password"
 
@@ -98,7 +97,9 @@ async def login(settings: Settings, session: AsyncSession, email: str, password:
             details={"email": email.strip().lower()[:320]},
         )
         raise LoginFailed(INVALID_CREDENTIALS)
-    audit.record(session, Principal(user), "auth.login", target_type="user", target_id=user.id)
+    audit.record(
+        session, Principal(UserRow.of(user)), "auth.login", target_type="user", target_id=user.id
+    )
     return _issue(settings, session, user, uuid.uuid4())
 
 
@@ -160,7 +161,7 @@ async def _end_sessions(session: AsyncSession, user: User) -> None:
 
 
 async def update_me(session: AsyncSession, principal: Principal, data: MeUpdate) -> User:
-    user = principal.user
+    user = await session.get_one(User, principal.user.id, with_for_update=True)
     if data.full_name is not None:
         user.full_name = data.full_name
     if data.password is not None:
@@ -228,6 +229,10 @@ async def admin_update_user(
     return user
 
 
+# The projects a user owns (projects depend on users, not the other way round).
+_projects = table("projects", column("owner_id"), column("deleted_at"))
+
+
 async def delete_user(session: AsyncSession, principal: Principal, user_id: uuid.UUID) -> None:
     # Locked: a concurrent delete of the same user waits, then finds nothing (404).
     user = await session.get(User, user_id, with_for_update=True)
@@ -237,8 +242,8 @@ async def delete_user(session: AsyncSession, principal: Principal, user_id: uuid
         raise Conflict("You cannot delete yourself")
     owns = await session.scalar(
         select(func.count())
-        .select_from(Project)
-        .where(Project.owner_id == user.id, Project.deleted_at.is_(None))
+        .select_from(_projects)
+        .where(_projects.c.owner_id == user.id, _projects.c.deleted_at.is_(None))
     )
     if owns:
         raise Conflict("The user owns projects; transfer or delete them first")
@@ -257,15 +262,7 @@ async def delete_user(session: AsyncSession, principal: Principal, user_id: uuid
 async def create_api_key(
     session: AsyncSession, principal: Principal, data: ApiKeyCreate
 ) -> tuple[ApiKey, str]:
-    if data.project_id is not None and not principal.user.is_superuser:
-        member = await session.get(ProjectMember, (data.project_id, principal.user.id))
-        project = await session.get(Project, data.project_id)
-        if member is None or project is None or project.deleted_at is not None:
-            raise NotFound(f"Project {data.project_id} not found")
-    elif data.project_id is not None:
-        project = await session.get(Project, data.project_id)
-        if project is None or project.deleted_at is not None:
-            raise NotFound(f"Project {data.project_id} not found")
+    """A key of the caller's; one limited to a project needs access.check_key_project first."""
     raw = new_api_key()
     key = ApiKey(
         user_id=principal.user.id,

@@ -109,17 +109,24 @@ class LingeringQueuePool(AsyncAdaptedQueuePool):
         super().dispose()
 
 
-def create_engine(url: str, *, pool_size: int = 20, max_overflow: int = 20) -> AsyncEngine:
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 20,
+    max_overflow: int = 20,
+    server_settings: dict[str, str] | None = None,
+) -> AsyncEngine:
     # No pool_pre_ping (a round trip per checkout): a request that meets a connection lost to
     # a Postgres restart answers 503, and SQLAlchemy's disconnect handling then invalidates
     # the whole pool, so the next requests reconnect: it recovers without an app restart.
+    settings = {"timezone": "UTC", "application_name": "agentry", **(server_settings or {})}
     return create_async_engine(
         url,
         poolclass=LingeringQueuePool,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_recycle=1800,
-        connect_args={"server_settings": {"timezone": "UTC", "application_name": "agentry"}},
+        connect_args={"server_settings": settings},
     )
 
 

@@ -165,7 +165,9 @@ class PageParams(BaseModel):
         }
 
 
-def _page_params(
+# async: FastAPI runs a plain `def` dependency in a worker thread, a handoff that costs more
+# than the function.
+async def _page_params(
     page: Annotated[int, Query(ge=1, le=1_000_000, description="Page number, from 1")] = 1,
     limit: Annotated[int, Query(ge=1, le=100, description="Items per page")] = 20,
 ) -> PageParams:

@@ -1,21 +1,24 @@
-"""The one authorization gate: resolve the caller's role in the path's project.
+"""The one authorization gate: the caller's role in the path's project decides.
 
 Non-members (and keys limited to another project) get 404 so no tenant's objects
-leak; members lacking the role, or keys lacking the scope, get 403.
+leak; members lacking the role, or keys lacking the scope, get 403. The project and the role
+are read with the credentials, in one statement (backend/access.py joins `with_path_project`).
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated
+from typing import Any, NamedTuple
 
-from fastapi import Depends, Path
 from sqlalchemy import and_, bindparam, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.auth.dependencies import CurrentPrincipal, Principal
-from backend.core.db import Session
+from backend.auth.dependencies import Principal, columns, take
+from backend.core import sql
 from backend.core.errors import Forbidden, NotFound
 from backend.projects.models import Project, ProjectMember, Role
 
@@ -69,40 +72,85 @@ KEY_SCOPE: dict[Permission, str | None] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class ProjectRow:
+    """A live project as the gate read it (routes that change it load the ORM object)."""
+
+    id: uuid.UUID
+    name: str
+    slug: str
+    description: str | None
+    owner_id: uuid.UUID
+    monthly_cost_limit_usd: Decimal | None
+    monthly_token_limit: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class PathProject(NamedTuple):
+    """The path's project read with the credentials: the gate still decides."""
+
+    project_id: uuid.UUID
+    project: ProjectRow | None  # None: no such (live) project
+    role: str | None  # the user's membership role, None for a non-member
+
+
 @dataclass(frozen=True)
 class ProjectContext:
     principal: Principal
-    project: Project
+    project: ProjectRow
     role: str | None  # the caller's membership role; None for a superuser who is not a member
 
 
-# Built once: constructing the expressions per request costs more than running them.
-_PROJECT_ROLE = (
-    select(Project, ProjectMember.role)
-    .outerjoin(
-        ProjectMember,
-        and_(
-            ProjectMember.project_id == Project.id,
-            ProjectMember.user_id == bindparam("user_id"),
-        ),
+_projects, _members = Project.__table__, ProjectMember.__table__
+PROJECT_COLUMNS = [*columns(_projects, ProjectRow, "p_"), _members.c.role.label("p_role")]
+
+
+def with_path_project(source: Any, user_id: Any) -> Any:
+    """`source` (the credentials' tables) outer-joined to the live project :project_id and the
+    membership of `user_id` in it: no such project, or no membership, yields NULLs."""
+    return source.outerjoin(
+        _projects, and_(_projects.c.id == bindparam("project_id"), _projects.c.deleted_at.is_(None))
+    ).outerjoin(
+        _members, and_(_members.c.project_id == _projects.c.id, _members.c.user_id == user_id)
     )
-    .where(Project.id == bindparam("project_id"), Project.deleted_at.is_(None))
+
+
+def path_project(project_id: uuid.UUID, record: Any) -> PathProject:
+    """What `with_path_project` read, from a record selecting PROJECT_COLUMNS."""
+    if record is None or record["p_id"] is None:
+        return PathProject(project_id, None, None)
+    return PathProject(project_id, take(ProjectRow, record, "p_"), record["p_role"])
+
+
+_PROJECT_ROLE = sql.Statement.compiled(
+    select(*PROJECT_COLUMNS)
+    .select_from(_projects)
+    .outerjoin(
+        _members,
+        and_(_members.c.project_id == _projects.c.id, _members.c.user_id == bindparam("user_id")),
+    )
+    .where(_projects.c.id == bindparam("project_id"), _projects.c.deleted_at.is_(None))
 )
 
 
 async def resolve_project(
-    session: Session, principal: Principal, project_id: uuid.UUID, permission: Permission
+    session: AsyncSession,
+    principal: Principal,
+    project_id: uuid.UUID,
+    permission: Permission,
+    *,
+    known: PathProject | None = None,
 ) -> ProjectContext:
+    """The gate: the caller's context in the project, or 404/403. `known`: the project and role
+    read with the credentials (else read here)."""
     user, key = principal.user, principal.api_key
     if key is not None and key.project_id is not None and key.project_id != project_id:
         raise NotFound(f"Project {project_id} not found")
-    known = principal.path_project  # read with the credentials, in the same round trip
-    if known is not None and known.project_id == project_id:
-        project, role = known.project, known.role
-    else:
+    if known is None or known.project_id != project_id:
         params = {"user_id": user.id, "project_id": project_id}
-        row = (await session.execute(_PROJECT_ROLE, params)).first()
-        project, role = (None, None) if row is None else row
+        known = path_project(project_id, await sql.fetchrow(session, _PROJECT_ROLE, params))
+    project, role = known.project, known.role
     if project is None or (role is None and not user.is_superuser):
         raise NotFound(f"Project {project_id} not found")
     if role is not None and not user.is_superuser and permission not in ROLE_PERMISSIONS[role]:
@@ -112,27 +160,3 @@ async def resolve_project(
         if scope is None or not principal.has_scope(scope):
             raise Forbidden(f"This API key lacks the scope for {permission.value}")
     return ProjectContext(principal, project, role)
-
-
-def require(permission: Permission):
-    async def dependency(
-        session: Session,
-        principal: CurrentPrincipal,
-        project_id: Annotated[uuid.UUID, Path(description="Project id")],
-    ) -> ProjectContext:
-        return await resolve_project(session, principal, project_id, permission)
-
-    return Depends(dependency)
-
-
-ProjectReader = Annotated[ProjectContext, require(Permission.project_read)]
-ProjectEditor = Annotated[ProjectContext, require(Permission.project_update)]
-ProjectOwner = Annotated[ProjectContext, require(Permission.project_delete)]
-MembersManager = Annotated[ProjectContext, require(Permission.members_manage)]
-AuditReader = Annotated[ProjectContext, require(Permission.audit_read)]
-WebhookManager = Annotated[ProjectContext, require(Permission.webhooks_manage)]
-AgentReader = Annotated[ProjectContext, require(Permission.agents_read)]
-AgentWriter = Annotated[ProjectContext, require(Permission.agents_write)]
-RunReader = Annotated[ProjectContext, require(Permission.runs_read)]
-RunWriter = Annotated[ProjectContext, require(Permission.runs_write)]
-MetricsReader = Annotated[ProjectContext, require(Permission.metrics_read)]

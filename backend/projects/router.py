@@ -5,20 +5,21 @@ import uuid
 from fastapi import APIRouter, status
 
 from backend import lifecycle
-from backend.audit import service as audit_service
-from backend.audit.schemas import AuditEntry
-from backend.auth.dependencies import CurrentPrincipal, rate_limit
-from backend.core.db import Session
-from backend.core.idempotency import IdempotencyKeyHeader, Outcome, respond, run_idempotent
-from backend.core.schemas import Page, Paging, error_responses
-from backend.projects import service
-from backend.projects.dependencies import (
+from backend.access import (
     AuditReader,
+    CurrentPrincipal,
     MembersManager,
     ProjectEditor,
     ProjectOwner,
     ProjectReader,
+    rate_limit,
 )
+from backend.audit import service as audit_service
+from backend.audit.schemas import AuditEntry
+from backend.core.db import Session
+from backend.core.idempotency import IdempotencyKeyHeader, Outcome, respond, run_idempotent
+from backend.core.schemas import Page, Paging, error_responses
+from backend.projects import service
 from backend.projects.schemas import (
     MemberAdd,
     MemberOut,

@@ -3,7 +3,6 @@ from __future__ import annotations
 import re
 import unicodedata
 import uuid
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -15,9 +14,17 @@ from backend.auth.models import User
 from backend.core.db import paginate, utcnow
 from backend.core.errors import Conflict, Forbidden, NotFound
 from backend.core.schemas import PageParams
-from backend.projects.dependencies import ProjectContext
+from backend.projects.dependencies import ProjectContext, ProjectRow
 from backend.projects.models import Project, ProjectMember, Role
-from backend.projects.schemas import Budget, BudgetIn, MemberAdd, ProjectCreate, ProjectUpdate
+from backend.projects.schemas import (
+    Budget,
+    BudgetIn,
+    MemberAdd,
+    MemberOut,
+    ProjectCreate,
+    ProjectOut,
+    ProjectUpdate,
+)
 
 
 def slugify(name: str) -> str:
@@ -26,24 +33,24 @@ def slugify(name: str) -> str:
     return slug[:100].strip("-") or "project"
 
 
-def to_out(project: Project, role: str | None) -> dict[str, Any]:
+def to_out(project: Project | ProjectRow, role: str | None) -> ProjectOut:
     budget = None
     if project.monthly_cost_limit_usd is not None or project.monthly_token_limit is not None:
         budget = Budget(
             monthly_cost_limit_usd=project.monthly_cost_limit_usd,
             monthly_token_limit=project.monthly_token_limit,
         )
-    return {
-        "id": project.id,
-        "name": project.name,
-        "slug": project.slug,
-        "description": project.description,
-        "owner_id": project.owner_id,
-        "budget": budget,
-        "created_at": project.created_at,
-        "updated_at": project.updated_at,
-        "role": role,
-    }
+    return ProjectOut(
+        id=project.id,
+        name=project.name,
+        slug=project.slug,
+        description=project.description,
+        owner_id=project.owner_id,
+        budget=budget,
+        created_at=project.created_at,
+        updated_at=project.updated_at,
+        role=role,
+    )
 
 
 def _apply_budget(project: Project, budget: BudgetIn | None) -> None:
@@ -86,7 +93,7 @@ async def create(session: AsyncSession, principal: Principal, data: ProjectCreat
 
 async def list_for(
     session: AsyncSession, principal: Principal, paging: PageParams
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[ProjectOut], int]:
     user, key = principal.user, principal.api_key
     if not principal.has_scope("projects:read"):
         raise Forbidden("This API key lacks the projects:read scope")
@@ -108,7 +115,7 @@ async def list_for(
 
 
 async def update(session: AsyncSession, ctx: ProjectContext, data: ProjectUpdate) -> Project:
-    project = ctx.project
+    project = await session.get_one(Project, ctx.project.id, with_for_update=True)
     if data.name is not None:
         project.name = data.name
     if "description" in data.model_fields_set:
@@ -128,26 +135,12 @@ async def update(session: AsyncSession, ctx: ProjectContext, data: ProjectUpdate
     return project
 
 
-async def lock_for_spawn(session: AsyncSession, project_id: uuid.UUID) -> None:
-    """Key-share lock the live project until commit; 404 once it is deleted.
-
-    Deletion takes the conflicting lock (FOR UPDATE) first: a spawn either commits before it
-    (and its agent is terminated with the others) or waits and then sees the project deleted.
-    """
-    found = await session.scalar(
-        select(Project.id)
-        .where(Project.id == project_id, Project.deleted_at.is_(None))
-        .with_for_update(key_share=True)
-    )
-    if found is None:
-        raise NotFound(f"Project {project_id} not found")
-
-
 async def delete(session: AsyncSession, ctx: ProjectContext) -> None:
     """The project leaves every listing (its agents and runs end: backend/lifecycle.py)."""
-    # Waits for spawns in flight (lock_for_spawn) and makes later ones wait for this commit.
-    await session.execute(select(Project.id).where(Project.id == ctx.project.id).with_for_update())
-    ctx.project.deleted_at = utcnow()
+    # Waits for spawns in flight (the spawn's key-share lock) and makes later ones wait for
+    # this commit.
+    project = await session.get_one(Project, ctx.project.id, with_for_update=True)
+    project.deleted_at = utcnow()
     audit.record(
         session,
         ctx.principal,
@@ -160,7 +153,7 @@ async def delete(session: AsyncSession, ctx: ProjectContext) -> None:
 
 async def list_members(
     session: AsyncSession, ctx: ProjectContext, paging: PageParams
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[MemberOut], int]:
     query = (
         select(ProjectMember, User.email)
         .join(User, User.id == ProjectMember.user_id)
@@ -171,13 +164,10 @@ async def list_members(
     return [_member_out(m, email) for m, email in rows], total
 
 
-def _member_out(member: ProjectMember, email: str) -> dict[str, Any]:
-    return {
-        "user_id": member.user_id,
-        "email": email,
-        "role": member.role,
-        "created_at": member.created_at,
-    }
+def _member_out(member: ProjectMember, email: str) -> MemberOut:
+    return MemberOut(
+        user_id=member.user_id, email=email, role=Role(member.role), created_at=member.created_at
+    )
 
 
 def _check_can_assign(ctx: ProjectContext, *roles: str) -> None:
@@ -189,7 +179,7 @@ def _check_can_assign(ctx: ProjectContext, *roles: str) -> None:
         raise Forbidden("Only the project owner can grant or change the admin role")
 
 
-async def add_member(session: AsyncSession, ctx: ProjectContext, data: MemberAdd) -> dict[str, Any]:
+async def add_member(session: AsyncSession, ctx: ProjectContext, data: MemberAdd) -> MemberOut:
     _check_can_assign(ctx, data.role)
     user = await session.scalar(select(User).where(User.email == data.email.lower()))
     if user is None:
@@ -227,7 +217,7 @@ async def _get_member(
 
 async def update_member(
     session: AsyncSession, ctx: ProjectContext, user_id: uuid.UUID, role: Role
-) -> dict[str, Any]:
+) -> MemberOut:
     member, email = await _get_member(session, ctx, user_id)
     if member.role == Role.owner:
         raise Conflict("The owner's role cannot be changed", field="role")

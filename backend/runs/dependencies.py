@@ -12,7 +12,8 @@ from typing import Annotated, NamedTuple
 from fastapi import Depends, Path, Query, Request
 from starlette.requests import HTTPConnection
 
-from backend.auth.dependencies import Principal, api_key_header, authenticate, oauth2
+from backend.access import authenticate
+from backend.auth.dependencies import Principal, api_key_header, oauth2
 from backend.core.db import Session
 from backend.projects.dependencies import Permission, ProjectContext, resolve_project
 

@@ -22,14 +22,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.config import Settings
+from backend.core import sql
 from backend.core.db import after_commit
 from backend.queue.jobs import Jobs, Redis
 from backend.runs import streams
-from backend.runs.models import Run, RunStatus
+from backend.runs.models import RunStatus
 
 log = structlog.get_logger()
 
@@ -94,20 +94,24 @@ def later(session: AsyncSession, action: Callable[[Dispatcher], Awaitable[Any]])
     after_commit(session, lambda: action(dispatcher))
 
 
-# Built once: constructing a statement per request costs more than running it.
-_HEAD = (
-    select(Run.id, Run.attempt)
-    .where(Run.agent_id == bindparam("agent_id"), Run.status == RunStatus.queued.value)
-    .order_by(Run.seq)
-    .limit(1)
-)
+def head(agent_id: str) -> str:
+    """SQL of the agent's oldest queued run (id, attempt): the only one a claim accepts."""
+    return f"""SELECT id, attempt FROM runs
+    WHERE agent_id = {agent_id} AND status = '{RunStatus.queued.value}' ORDER BY seq LIMIT 1"""
+
+
+_HEAD = sql.Statement.of(head(":agent_id"))
+
+
+def enqueue_later(session: AsyncSession, run_id: uuid.UUID, attempt: int) -> None:
+    """Enqueue that attempt of the run once the transaction has committed."""
+    later(session, lambda d: d.enqueue(run_id, attempt))
 
 
 async def dispatch_head(session: AsyncSession, agent_id: uuid.UUID) -> uuid.UUID | None:
-    """After commit, enqueue the agent's oldest queued run (the only one a claim accepts)."""
-    head = (await session.execute(_HEAD, {"agent_id": agent_id})).first()
-    if head is None:
+    """After commit, enqueue the agent's oldest queued run (`head`)."""
+    row = await sql.fetchrow(session, _HEAD, {"agent_id": agent_id})
+    if row is None:
         return None
-    run_id, attempt = head
-    later(session, lambda d: d.enqueue(run_id, attempt))
-    return run_id
+    enqueue_later(session, row["id"], row["attempt"])
+    return row["id"]

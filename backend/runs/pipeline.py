@@ -36,7 +36,6 @@ import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
@@ -53,8 +52,9 @@ from backend.agents.models import AgentStatus
 from backend.config import Settings
 from backend.core.batching import Batcher
 from backend.core.errors import is_connection_error
+from backend.core.sql import Statement
+from backend.runs import dispatch, steps
 from backend.runs import state as run_state
-from backend.runs import steps
 from backend.runs.models import RunStatus
 from backend.usage import service as usage
 from backend.webhooks import outbox
@@ -73,29 +73,6 @@ MAX_IN_FLIGHT = 2  # batches of one kind at once (a second one keeps the other c
 # Backoff of a claim or conclusion while Postgres is unreachable.
 RETRY_MIN_SECONDS, RETRY_MAX_SECONDS = 0.2, 5.0
 PING_TIMEOUT_SECONDS = 2.0
-
-
-@dataclass(frozen=True)
-class Statement:
-    """SQL with :name parameters, rewritten once to asyncpg's positional $n."""
-
-    sql: str
-    names: tuple[str, ...]
-
-    @classmethod
-    def of(cls, sql: str) -> Statement:
-        names: list[str] = []
-
-        def number(match: re.Match[str]) -> str:
-            if match.group(1) not in names:
-                names.append(match.group(1))
-            return f"${names.index(match.group(1)) + 1}"
-
-        # `::type` casts are not parameters.
-        return cls(re.sub(r"(?<![:\w]):([a-z_]+)", number, sql), tuple(names))
-
-    def args(self, params: dict[str, Any]) -> list[Any]:
-        return [params[name] for name in self.names]
 
 
 # --- connections ---------------------------------------------------------------------------
@@ -296,8 +273,10 @@ _GUARDS = {
 # Whose steps a conclusion writes: the attempt's own while it runs; for a run that ended
 # elsewhere (account), the failed step whose calls it counts, unless it resumed meanwhile.
 _FINAL_STATUSES = ", ".join(f"'{s.value}'" for s in sorted(set(_FINAL.values())))
+_ENDED_ELSEWHERE = f"o.status IN ({_FINAL_STATUSES})"
 _STEPS_WHEN = {
-    C.account: f"o.status IN ({_FINAL_STATUSES})",
+    C.account: _ENDED_ELSEWHERE,
+    C.step: f"(o.status = 'running' AND {_OURS}) OR {_ENDED_ELSEWHERE}",
     C.cancelled: "false",
     C.expired: "false",
 }
@@ -325,8 +304,8 @@ _REQUIRES_ACTION_EVENTS = outbox.ctes(
     "run_ra",
     outbox.EventType.run_requires_action,
     """
-SELECT rn.project_id, rn.id AS ordering_key, jsonb_build_object(
-        'run', to_jsonb(rn) - 'from_status' - 'moved', 'required_action', rn.required_action
+SELECT rn.project_id, rn.id AS ordering_key, json_build_object(
+        'run', to_json(rn), 'required_action', rn.required_action
     ) AS payload, :now::timestamptz AS created_at
 FROM run_new rn WHERE rn.moved""",
 )
@@ -336,10 +315,8 @@ _NO_OTHER_RUNNING = """NOT EXISTS (SELECT FROM runs b
             WHERE b.agent_id = o.id AND b.status IN ('running', 'requires_action')
             AND NOT EXISTS (SELECT FROM run_new rn WHERE rn.id = b.id AND rn.moved))"""
 # An agent just freed: its oldest queued run is the next job to enqueue.
-_HEAD = """SELECT q.id, q.attempt FROM runs q
-    WHERE q.agent_id = rn.agent_id AND q.status = 'queued' AND coalesce(am.moved, false)
-    ORDER BY q.seq LIMIT 1"""
-_NO_HEAD = "SELECT NULL::uuid AS id, NULL::int AS attempt"
+_HEAD = f"LEFT JOIN LATERAL ({dispatch.head('rn.agent_id')}) h ON coalesce(am.moved, false)"
+_NO_HEAD = "LEFT JOIN LATERAL (SELECT NULL::uuid AS id, NULL::int AS attempt) h ON true"
 
 
 def _run_values(kind: Conclusion) -> dict[str, str]:
@@ -422,14 +399,16 @@ def _conclude_sql(kind: Conclusion) -> str:
     # After a step, the budget as the next model step must see it (this step's calls included).
     budget = usage.budget_sql("rn.project_id", ":now::timestamptz", with_calls=True)
     columns = ", b.cost_spent, b.tokens_spent, b.month_cost, b.month_tokens, b.cost_limit"
-    columns += ", b.token_limit, EXISTS (SELECT FROM steps_in si WHERE si.run_id = rn.id)"
-    columns += " AS stepped"
+    # still ours: the step was written and the run is running (a run that ended meanwhile
+    # keeps the step, as its calls are counted, but this attempt stops)
+    columns += ", b.token_limit, rn.status = 'running'"
+    columns += " AND EXISTS (SELECT FROM steps_in si WHERE si.run_id = rn.id) AS stepped"
     return f"""WITH {",".join(ctes)}
 SELECT rn.*, coalesce(am.moved, false) AS released, h.id AS next_id, h.attempt AS next_attempt
     {columns if kind is C.step else ""}
 FROM run_new rn
 LEFT JOIN agent_moved am ON am.id = rn.agent_id
-LEFT JOIN LATERAL ({_HEAD if final else _NO_HEAD}) h ON true
+{_HEAD if final else _NO_HEAD}
 {f"LEFT JOIN LATERAL {budget} b ON true" if kind is C.step else ""}"""
 
 

@@ -10,11 +10,11 @@ from fastapi import APIRouter, FastAPI, Header, Query, Request, WebSocket, statu
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.auth.dependencies import rate_limit
+from backend.access import RunReader, RunWriter, rate_limit
 from backend.core.db import Session, commit
 from backend.core.idempotency import IdempotencyKeyHeader, Outcome, respond, run_idempotent
 from backend.core.schemas import Page, Paging, error_responses
-from backend.projects.dependencies import Permission, ProjectContext, RunReader, RunWriter
+from backend.projects.dependencies import Permission, ProjectContext
 from backend.runs import actions, dispatch, service, streams, websocket
 from backend.runs.dependencies import HeaderCredentials, StreamReader
 from backend.runs.models import FINISHED, RunStatus
@@ -100,7 +100,7 @@ class Submit:
         async def create() -> Outcome:
             run = await service.submit(session, ctx, self.agent_id, self.body)
             headers = {"Location": service.location(ctx.project.id, run.id)}
-            return Outcome(202, RunOut.model_validate(run), headers)
+            return Outcome(202, run, headers)
 
         result = await run_idempotent(
             session,

@@ -8,18 +8,19 @@ row is what serializes an agent's claims, finishes, cancels and terminate (so th
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy import ColumnElement, and_, bindparam, func, select
+from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backend.agent_types.models import AgentType
-from backend.agents.models import Agent, AgentStatus
+from backend.agents.models import AgentStatus
 from backend.audit import service as audit
-from backend.core.db import after_commit, paginate
+from backend.core import sql
+from backend.core.db import after_commit, paginate, utcnow
 from backend.core.errors import InvalidTransition, NotFound
 from backend.core.schemas import PageParams
 from backend.projects.dependencies import ProjectContext
@@ -28,88 +29,97 @@ from backend.runs import metrics as runs_metrics
 from backend.runs import state as run_state
 from backend.runs.models import FINISHED, ProviderCall, Run, RunStatus, RunStep
 from backend.runs.pipeline import Conclusion
-from backend.runs.schemas import RunCreate
+from backend.runs.schemas import RunCreate, RunOut, RunRow
 from backend.usage import service as usage
 from backend.webhooks import outbox
 
 _LIVE = (RunStatus.queued, RunStatus.running, RunStatus.requires_action)
-_SUBMITTED = run_state.event_source(
-    "(SELECT * FROM runs WHERE id = :run_id)",
-    where="true",
-    from_status="CAST(NULL AS text)",
-    now="rn.created_at",
+_DEFAULTS = sql.scalar_defaults(Run.__table__)  # status queued, attempt 0, counters zero
+_COLUMNS = sorted({"timeout_seconds", "metadata", *_DEFAULTS})
+# The agent key-share locked (a concurrent terminate either sees this run, and cancels it, or
+# commits first, and the agent reads `terminated`; claims wait for this insert), the run
+# inserted unless the agent is terminated, its run.status_changed event for the project's
+# webhooks, its audit row, and, when the agent is idle, its oldest queued run before this one
+# (which a claim takes first): one statement, whose answer says which of these happened.
+_EVENT = outbox.ctes(
+    "ev",
+    outbox.EventType.run_status_changed,
+    run_state.event_source(
+        "submitted", where="true", from_status="CAST(NULL AS text)", now="rn.created_at"
+    ),
 )
+_SUBMIT = sql.Statement.of(f"""
+WITH a AS (
+    SELECT agents.id, agents.status, agent_types.provider, agent_types.model
+    FROM agents JOIN agent_types ON agent_types.id = agents.agent_type_id
+    WHERE agents.id = :agent_id AND agents.project_id = :project_id
+    FOR KEY SHARE OF agents
+), submitted AS (
+    INSERT INTO runs (id, project_id, agent_id, input, provider, model, created_at, updated_at,
+        {", ".join(_COLUMNS)})
+    SELECT :run_id, :project_id, a.id, :input, a.provider, a.model, :now, :now,
+        {", ".join(f":{c}" for c in _COLUMNS)}
+    FROM a WHERE a.status <> '{AgentStatus.terminated.value}'
+    RETURNING *
+), {_EVENT}, {audit.cte("audited", when="submitted")}
+SELECT a.status AS agent_status, older.id AS older_id, older.attempt AS older_attempt,
+    submitted.*
+FROM (SELECT 1) one LEFT JOIN a ON true LEFT JOIN submitted ON true
+LEFT JOIN LATERAL ({dispatch.head("a.id")}) older ON a.status = '{AgentStatus.idle.value}'""")
 
 
 async def submit(
     session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID, data: RunCreate
-) -> Run:
-    """Insert a queued run; after commit it is announced and, if the agent is idle, enqueued."""
+) -> RunOut:
+    """Insert a queued run (404: no such agent, 409: terminated); after commit it is announced
+    and, if the agent is idle, its oldest queued run enqueued."""
     await usage.check_budget(session, ctx.project)  # project row before agent row
-    row = await _submittable_agent(session, ctx, agent_id)
-    run = Run(
-        id=uuid.uuid4(),
-        project_id=ctx.project.id,
-        agent_id=agent_id,
-        status=RunStatus.queued.value,
-        input=data.input,
-        provider=row.provider,
-        model=row.model,
-        timeout_seconds=data.timeout_seconds,
-        run_metadata=data.metadata,
-        attempt=0,
-    )
-    session.add(run)
-    await session.flush()
-    audit.record(
-        session,
+    run_id = uuid.uuid4()
+    audited = audit.row(
         ctx.principal,
         "run.submit",
         project_id=ctx.project.id,
         target_type="run",
-        target_id=run.id,
+        target_id=run_id,
         details={"agent_id": str(agent_id)},
     )
-    run_id = run.id
-    await outbox.record(session, outbox.EventType.run_status_changed, _SUBMITTED, run_id=run_id)
-    dispatch.later(session, lambda d: d.publish(run_id, [(streams.STATUS, {"status": "queued"})]))
-    if row.status == AgentStatus.idle:
-        await dispatch.dispatch_head(session, agent_id)
-    return run
-
-
-_SUBMITTABLE = (  # built once, like every per-request statement of a hot route
-    select(Agent.status, AgentType.provider, AgentType.model)
-    .join(AgentType, AgentType.id == Agent.agent_type_id)
-    .where(Agent.id == bindparam("agent_id"), Agent.project_id == bindparam("project_id"))
-    .with_for_update(of=Agent, read=True, key_share=True)
-)
-
-
-async def _submittable_agent(
-    session: AsyncSession, ctx: ProjectContext, agent_id: uuid.UUID
-) -> Any:
-    """The agent's status and type, key-share locked; 404 when absent, 409 when terminated.
-
-    The lock: a concurrent terminate either sees this run (and cancels it) or commits first
-    (and this submit sees `terminated`); claims wait for this insert.
-    """
-    params = {"agent_id": agent_id, "project_id": ctx.project.id}
-    row = (await session.execute(_SUBMITTABLE, params)).first()
-    if row is None:
-        raise NotFound(f"Agent {agent_id} not found")
-    if row.status == AgentStatus.terminated:
-        raise InvalidTransition(f"Agent {agent_id} is terminated and accepts no runs")
-    return row
-
-
-async def get(session: AsyncSession, ctx: ProjectContext, run_id: uuid.UUID) -> Run:
-    run = await session.scalar(
-        select(Run).where(Run.id == run_id, Run.project_id == ctx.project.id)
+    params = (
+        _DEFAULTS
+        | audit.params(audited)
+        | {
+            "agent_id": agent_id,
+            "project_id": ctx.project.id,
+            "run_id": run_id,
+            "input": data.input,
+            "timeout_seconds": data.timeout_seconds,
+            "metadata": json.dumps(data.metadata),
+            "now": utcnow(),
+        }
     )
-    if run is None:
+    row = await sql.fetchrow(session, _SUBMIT, params)
+    assert row is not None  # one row whatever was found
+    if row["agent_status"] is None:
+        raise NotFound(f"Agent {agent_id} not found")
+    if row["id"] is None:
+        raise InvalidTransition(f"Agent {agent_id} is terminated and accepts no runs")
+    dispatch.later(session, lambda d: d.publish(run_id, [(streams.STATUS, {"status": "queued"})]))
+    if row["agent_status"] == AgentStatus.idle:
+        if row["older_id"] is not None:
+            dispatch.enqueue_later(session, row["older_id"], row["older_attempt"])
+        else:
+            dispatch.enqueue_later(session, run_id, row["attempt"])
+    return RunOut.model_validate(RunRow(row))
+
+
+_ONE = sql.Statement.of("SELECT * FROM runs WHERE id = :run_id AND project_id = :project_id")
+
+
+async def get(session: AsyncSession, ctx: ProjectContext, run_id: uuid.UUID) -> RunOut:
+    """The run as committed (or as this transaction wrote it)."""
+    row = await sql.fetchrow(session, _ONE, {"run_id": run_id, "project_id": ctx.project.id})
+    if row is None:
         raise NotFound(f"Run {run_id} not found")
-    return run
+    return RunOut.model_validate(RunRow(row))
 
 
 async def list_runs(
@@ -174,22 +184,22 @@ def _step_fields(row: Any) -> dict[str, Any]:
     return fields
 
 
-async def cancel(session: AsyncSession, ctx: ProjectContext, run_id: uuid.UUID) -> Run:
+async def cancel(session: AsyncSession, ctx: ProjectContext, run_id: uuid.UUID) -> RunOut:
     """Queued → cancelled at once; running → cancelled now, its worker stops within seconds."""
     run = await get(session, ctx, run_id)
-    if RunStatus(run.status) in FINISHED:
+    if run.status in FINISHED:
         return _audit_cancel(session, ctx, run, run.status, changed=False)
     job = {"run_id": run.id, "agent_id": run.agent_id}
     [moved] = await _cancel(session, [job]) or [None]
-    await session.refresh(run)  # as committed by the statement (or by whoever ended it first)
+    run = await get(session, ctx, run_id)  # as the statement wrote it (or whoever ended it first)
     if moved is None:  # it finished meanwhile: answered unchanged
         return _audit_cancel(session, ctx, run, run.status, changed=False)
     return _audit_cancel(session, ctx, run, moved.from_status, changed=True)
 
 
 def _audit_cancel(
-    session: AsyncSession, ctx: ProjectContext, run: Run, from_status: str, *, changed: bool
-) -> Run:
+    session: AsyncSession, ctx: ProjectContext, run: RunOut, from_status: str, *, changed: bool
+) -> RunOut:
     """API.md: a cancel is audited also when it leaves the run as it was (already finished)."""
     audit.record(
         session,
@@ -226,7 +236,20 @@ async def _cancel(session: AsyncSession, jobs: list[dict[str, Any]]) -> list[Any
     """The worker's `cancelled` conclusion for these runs (usage counted, agent freed unless
     paused or terminated); after commit: the running ones' jobs aborted, the freed agents'
     next runs enqueued, the final events published. The rows it moved."""
-    rows = await pipeline.conclude_in(session, Conclusion.cancelled, jobs)
+    ended = await end_in(session, Conclusion.cancelled, jobs)
+    for run, row in ended:
+        if row.from_status == RunStatus.running:
+            # Its job id carries the pre-claim attempt count.
+            dispatch.later(session, _abort(run.id, run.attempt - 1))
+    return [row for _, row in ended]
+
+
+async def end_in(
+    session: AsyncSession, kind: Conclusion, jobs: list[dict[str, Any]]
+) -> list[tuple[Run, Any]]:
+    """A final conclusion (`kind`) of these runs through the session, and `after_end` for each
+    run it ended: (the run as committed, its statement's row)."""
+    rows = await pipeline.conclude_in(session, kind, jobs)
     moved = [row for row in rows if row.moved]
     if not moved:
         return []
@@ -239,12 +262,8 @@ async def _cancel(session: AsyncSession, jobs: list[dict[str, Any]]) -> list[Any
         )
     }
     for row in moved:
-        run = runs[row.id]
-        if row.from_status == RunStatus.running:
-            # Its job id carries the pre-claim attempt count.
-            dispatch.later(session, _abort(run.id, run.attempt - 1))
-        after_end(session, run, row)
-    return moved
+        after_end(session, runs[row.id], row)
+    return [(runs[row.id], row) for row in moved]
 
 
 def after_end(session: AsyncSession, run: Run, row: Any) -> None:

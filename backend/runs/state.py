@@ -42,11 +42,11 @@ outbox.register("run", lambda snapshot: run_json(RunRow(snapshot)))
 
 
 def event_source(rows: str, *, where: str, from_status: str, now: str) -> str:
-    """The run.status_changed outbox source for runs `rn` read from `rows` (the row as written)."""
+    """The run.status_changed outbox source for runs `rn` read from `rows` (the row as written;
+    json built as text, see outbox: the renderer ignores the statement's extra columns)."""
     return f"""
-SELECT rn.project_id, rn.id AS ordering_key, jsonb_build_object(
-        'run', to_jsonb(rn) - 'from_status' - 'moved',
-        'from_status', {from_status}, 'to_status', rn.status
+SELECT rn.project_id, rn.id AS ordering_key, json_build_object(
+        'run', to_json(rn), 'from_status', {from_status}, 'to_status', rn.status
     ) AS payload, {now} AS created_at
 FROM {rows} rn WHERE {where}"""
 
@@ -80,7 +80,7 @@ def transition_ctes(
       seq, and the job's columns), locked FOR UPDATE in id order (the latest committed versions are the
       ones guarded);
     - `run_new`: the rows after the statement (every column), `from_status` and `moved`, and
-      the outbox's `run_ev_*` (a run.status_changed event per run moved). A run's status (and
+      the outbox's `run_ev_events` (a run.status_changed event per run moved). A run's status (and
       `values`, column -> SQL) change only when the table allows it from its current status
       and `guard` holds for the old row `o` (evaluated once; it may read `o` and sub-selects);
       `counters` (assignments on `r`) apply whenever the row is written: when it moves or

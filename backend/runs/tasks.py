@@ -235,18 +235,7 @@ async def expire_actions(w: WorkerState) -> int:
         if not rows:
             return 0
         jobs = [{"run_id": r.id, "agent_id": r.agent_id, "j_error": ACTION_EXPIRED} for r in rows]
-        rows = await pipeline.conclude_in(session, Conclusion.expired, jobs)
-        ended = [row for row in rows if row.moved]
-        runs = {
-            run.id: run
-            for run in await session.scalars(
-                select(Run)
-                .where(Run.id.in_([row.id for row in ended]))
-                .execution_options(populate_existing=True)
-            )
-        }
-        for row in ended:
-            runs_service.after_end(session, runs[row.id], row)
+        ended = await runs_service.end_in(session, Conclusion.expired, jobs)
         await commit(session)
     if ended:
         log.warning("actions_expired", count=len(ended))

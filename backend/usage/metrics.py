@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.agents.models import Agent
 from backend.core.db import utcnow
-from backend.projects.models import Project
+from backend.projects.dependencies import ProjectRow
 from backend.usage.models import UsageRollup as R
 from backend.usage.service import budget_state
 
@@ -51,7 +51,7 @@ def _usage(row: Any) -> dict[str, Any]:
 
 async def project_metrics(
     session: AsyncSession,
-    project: Project,
+    project: ProjectRow,
     *,
     start: datetime | None,
     end: datetime | None,
@@ -122,7 +122,9 @@ async def _grouped(
     return list((await session.execute(query)).all())
 
 
-async def _budget(session: AsyncSession, project: Project, now: datetime) -> dict[str, Any] | None:
+async def _budget(
+    session: AsyncSession, project: ProjectRow, now: datetime
+) -> dict[str, Any] | None:
     state = await budget_state(session, project.id, now=now)
     if state is None:
         return None

@@ -4,10 +4,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from backend.auth.dependencies import rate_limit
+from backend.access import MetricsReader, rate_limit
 from backend.core.db import Session
 from backend.core.schemas import error_responses
-from backend.projects.dependencies import MetricsReader
 from backend.usage import metrics
 from backend.usage.schemas import MetricsQuery, ProjectMetrics
 

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.core.db import utcnow
 from backend.core.errors import BudgetExceeded
+from backend.projects.dependencies import ProjectRow
 from backend.projects.models import Project
 from backend.usage.pricing import price_call, to_money
 from backend.usage.tokens import Usage
@@ -110,7 +111,7 @@ async def budget_state(
 
 
 async def check_budget(
-    session: AsyncSession, project: Project, *, now: datetime | None = None
+    session: AsyncSession, project: ProjectRow, *, now: datetime | None = None
 ) -> None:
     """Raise BudgetExceeded when the month's committed spend has reached a project limit.
 

@@ -1,13 +1,22 @@
-"""Delivery of the outbox's events, by every worker process, in tasks of its own.
+"""Delivery of the outbox's events: by every worker process (unless WEBHOOK_DELIVERY_ENABLED
+is false), or by processes of their own (`agentry webhooks`), in tasks of their own.
 
-Each worker polls for due deliveries and takes them with `FOR UPDATE SKIP LOCKED`, leasing each
-(`next_attempt_at` = now + lease, `attempts` + 1) before its POST: several workers share the
-work without sending one delivery twice at once, and a worker that dies mid-attempt leaves the
-delivery to be taken again when the lease ends (at least once). Only the oldest pending delivery
-of an (endpoint, agent or run) is ever taken: one endpoint receives one agent's or one run's
-events in order. Attempts run in their own tasks, at most WEBHOOK_MAX_IN_FLIGHT per worker and
-WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT per endpoint, on their own HTTP client and connections: a
-slow or dead endpoint holds only its own share and never runs' execution.
+At each poll (WEBHOOK_POLL_SECONDS) the loop fans new events out (`_FANOUT`): the deliveries
+of each event, one per enabled endpoint subscribed to its type, written in one transaction
+that marks the events fanned out. One process fans out at a time (a transaction-level advisory lock), in event
+order: an (endpoint, ordering key)'s deliveries are written in the order of its events, and
+only the oldest pending one -- the key's head -- is due; the others wait (next_attempt_at
+NULL) until the head succeeds or fails, when the statement writing that result makes the next
+one due (`_FINISH`, under the same lock, so a fan-out and a promotion never miss each other).
+
+Due heads are taken with `FOR UPDATE SKIP LOCKED` and leased (`next_attempt_at` = now + lease,
+`attempts` + 1) before their POST: several processes share the work without sending one
+delivery twice at once, and a process that dies mid-attempt leaves the delivery to be taken
+again when the lease ends (at least once). Attempts run in their own tasks, at most
+WEBHOOK_MAX_IN_FLIGHT per process and WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT per endpoint, on their
+own HTTP connections (kept alive, a pool per endpoint): a slow or dead endpoint holds only its
+own share and never runs' execution. Every statement reads what is due, never the whole
+backlog.
 """
 
 from __future__ import annotations
@@ -22,16 +31,15 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import structlog
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Histogram
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.config import Settings
+from backend.core.db import create_engine
 from backend.core.errors import is_connection_error
-from backend.webhooks import outbox, signing, urls
+from backend.webhooks import http, outbox, signing, urls
 
 log = structlog.get_logger()
 
@@ -53,44 +61,79 @@ EVENT_TO_DELIVERY_SECONDS = Histogram(
 )
 MAX_ERROR_CHARS = 500
 
-# The oldest pending delivery of each (endpoint, ordering key) -- the key's head; a leased one
-# (in flight) is a head that is not due, so its successors wait -- when due, up to the
-# endpoint's free share (per_endpoint minus what this worker has in flight), leased.
-# `heads` reads a snapshot; `taken` locks and re-checks what may have moved meanwhile.
+# pg_advisory_xact_lock key (any constant): fan-outs and promotions, one at a time.
+FANOUT_LOCK = 0x77656268
+
+# Up to :batch events not yet fanned out, in order: their deliveries, each due at once when it
+# is its key's head (no pending delivery of the key before it), else waiting. (`(SELECT …
+# LIMIT 1) IS NULL` rather than NOT EXISTS: a probe of the key's index entries per row, never
+# an anti-join over every pending row.)
+_FANOUT = text(
+    """
+WITH ev AS (
+    SELECT e.id, e.seq, e.project_id, e.type, e.ordering_key, e.created_at
+    FROM webhook_events e WHERE NOT e.fanned_out ORDER BY e.seq LIMIT :batch
+),
+marked AS (
+    UPDATE webhook_events e SET fanned_out = true WHERE e.id = ANY(ARRAY(SELECT id FROM ev))
+),
+targets AS (
+    SELECT ev.id, ev.seq, ev.ordering_key, ev.created_at, w.id AS endpoint_id,
+        row_number() OVER (PARTITION BY w.id, ev.ordering_key ORDER BY ev.seq) AS n
+    FROM ev JOIN webhook_endpoints w ON w.project_id = ev.project_id AND w.enabled
+        AND (w.events ? ev.type OR w.events ? '*')
+),
+written AS (
+    INSERT INTO webhook_deliveries (id, event_id, endpoint_id, ordering_key, seq, status,
+        attempts, next_attempt_at, created_at)
+    SELECT gen_random_uuid(), t.id, t.endpoint_id, t.ordering_key, t.seq, 'pending', 0,
+        CASE WHEN t.ordering_key IS NULL OR (t.n = 1 AND (
+            SELECT 1 FROM webhook_deliveries d WHERE d.endpoint_id = t.endpoint_id
+                AND d.ordering_key = t.ordering_key AND d.status = 'pending'
+            ORDER BY d.seq LIMIT 1) IS NULL)
+        THEN t.created_at END, t.created_at
+    FROM targets t
+    RETURNING 1
+)
+SELECT count(*) FROM ev
+"""
+)
+# The due heads of each enabled endpoint, up to its free share (per_endpoint minus what this
+# process has in flight), oldest first, locked as they are found: an index probe per endpoint,
+# whatever the backlog. (Every statement here finds rows by key or by a bounded index range:
+# the planner's estimates of a queue table are always stale, and a plan that scans all
+# pending rows would make each statement cost as much as the backlog.)
 _TAKE = text(
     """
-WITH heads AS (
-    SELECT DISTINCT ON (d.endpoint_id, coalesce(d.ordering_key, d.id))
-        d.id, d.endpoint_id, d.next_attempt_at, d.seq
-    FROM webhook_deliveries d WHERE d.status = 'pending'
-    ORDER BY d.endpoint_id, coalesce(d.ordering_key, d.id), d.seq
-),
-ready AS (
-    SELECT h.id, h.endpoint_id, row_number() OVER (PARTITION BY h.endpoint_id ORDER BY h.seq)
-        + coalesce(f.n, 0) AS n
-    FROM heads h JOIN webhook_endpoints w ON w.id = h.endpoint_id AND w.enabled
+WITH taken AS (
+    SELECT d.id, d.n FROM webhook_endpoints w
     LEFT JOIN unnest(CAST(:flying AS uuid[]), CAST(:flying_n AS int[])) AS f(id, n)
-        ON f.id = h.endpoint_id
-    WHERE h.next_attempt_at <= now()
-),
-taken AS (
-    SELECT d.id FROM webhook_deliveries d
-    WHERE d.id = ANY(ARRAY(
-            SELECT r.id FROM ready r WHERE r.n <= :per_endpoint ORDER BY r.n LIMIT :limit))
-        AND d.status = 'pending' AND d.next_attempt_at <= now()
-    FOR UPDATE SKIP LOCKED
+        ON f.id = w.id
+    CROSS JOIN LATERAL (
+        SELECT d.id, row_number() OVER () AS n FROM (
+            SELECT d.id FROM webhook_deliveries d
+            WHERE d.endpoint_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+            ORDER BY d.next_attempt_at
+            LIMIT greatest(:per_endpoint - coalesce(f.n, 0), 0)
+            FOR UPDATE SKIP LOCKED
+        ) d
+    ) d
+    WHERE w.enabled
+    ORDER BY d.n LIMIT :limit
 )
 UPDATE webhook_deliveries d
 SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => :lease)
 FROM taken t, webhook_events e, webhook_endpoints w
-WHERE d.id = t.id AND e.id = d.event_id AND w.id = d.endpoint_id
+WHERE d.id = ANY(ARRAY(SELECT id FROM taken)) AND d.id = t.id AND e.id = d.event_id
+    AND w.id = d.endpoint_id
 RETURNING d.id, d.endpoint_id, d.attempts, e.id AS event_id, e.type, e.payload, e.created_at,
     w.url, w.secret_encrypted, w.previous_secret_encrypted, w.previous_secret_expires_at,
     now() AS taken_at
 """
 )
 # The results of the attempts that ended together, in one statement; each guarded by its
-# attempt (a lease that ran out and was taken again is no longer ours).
+# attempt (a lease that ran out and was taken again is no longer ours). A head that ended
+# makes its key's next delivery due (unless another head of the key is pending: a redelivery).
 _FINISH = text(
     """
 WITH done AS (
@@ -99,25 +142,56 @@ WITH done AS (
         delivered_at = CASE WHEN r.status = 'succeeded' THEN now() ELSE d.delivered_at END
     FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(id uuid, attempts int, status text,
         next_attempt_at timestamptz, response_status int, error text, disable boolean)
-    WHERE d.id = r.id AND d.attempts = r.attempts AND d.status = 'pending'
-    RETURNING d.endpoint_id, r.disable
+    WHERE d.id = ANY(CAST(:ids AS uuid[])) AND d.id = r.id AND d.attempts = r.attempts
+    RETURNING d.id, d.endpoint_id, d.ordering_key, d.status, r.disable
+),
+freed AS (
+    SELECT DISTINCT f.endpoint_id, f.ordering_key FROM done f
+    WHERE f.status <> 'pending' AND f.ordering_key IS NOT NULL
+),
+promoted AS (
+    UPDATE webhook_deliveries d SET next_attempt_at = now()
+    FROM freed f
+    WHERE d.id = (SELECT n.id FROM webhook_deliveries n
+            WHERE n.endpoint_id = f.endpoint_id AND n.ordering_key = f.ordering_key
+                AND n.status = 'pending' AND n.next_attempt_at IS NULL
+            ORDER BY n.seq LIMIT 1)
+        AND (SELECT 1 FROM webhook_deliveries h
+            WHERE h.endpoint_id = f.endpoint_id AND h.ordering_key = f.ordering_key
+                AND h.status = 'pending' AND h.next_attempt_at IS NOT NULL
+                AND h.id <> ALL(CAST(:ids AS uuid[]))
+            ORDER BY h.seq LIMIT 1) IS NULL
 )
 UPDATE webhook_endpoints SET enabled = false, updated_at = now()
 WHERE id IN (SELECT endpoint_id FROM done WHERE disable)
 """
 )
+_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
+FANOUT_BATCH = 1000
+POOL_SIZE = 3  # a fan-out, a take and a result write at once
 MAX_BATCH = 500
 TAKE_GAP_SECONDS = 0.01
 
 
 class Deliverer:
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings) -> None:
-        self.sessions, self.settings = sessionmaker, settings
-        self.engine = sessionmaker.kw["bind"]
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        # Connections of its own. Commits need not wait for the WAL to reach disk (most of a
+        # small transaction's cost): a fan-out, lease or result lost with the last
+        # milliseconds of a crash is redone (fan-outs are atomic; a lease runs out; an attempt
+        # whose result is lost is made again: at least once).
+        assert settings.DATABASE_URL
+        self.engine = create_engine(
+            settings.DATABASE_URL,
+            pool_size=POOL_SIZE,
+            max_overflow=POOL_SIZE,
+            server_settings={"synchronous_commit": "off", "application_name": "agentry-webhooks"},
+        )
         self.delays = settings.webhook_retry_delays
-        # A connection pool per endpoint, as large as its share: httpx's pool does work per
-        # connection for every request it places, so one big shared pool costs far more CPU.
-        self.clients: dict[uuid.UUID, httpx.AsyncClient] = {}
+        self.poll = settings.WEBHOOK_POLL_SECONDS
+        # Kept-alive connections per endpoint, as many as its share.
+        self.clients: dict[uuid.UUID, http.Client] = {}
         self.per_endpoint: Counter[uuid.UUID] = Counter()
         self.tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -140,11 +214,17 @@ class Deliverer:
             await asyncio.gather(self._writer, return_exceptions=True)
         for client in self.clients.values():
             await client.aclose()
+        await self.engine.dispose()
 
     async def _run(self) -> None:
         failures = 0
+        fanned_at, fanned = float("-inf"), 0
         while True:
             try:
+                # New events are looked for at each poll (and at once after a full batch), not
+                # after every attempt that ends: those turns only take what became due.
+                if fanned >= FANOUT_BATCH or time.monotonic() - fanned_at >= self.poll:
+                    fanned_at, fanned = time.monotonic(), await self.fan_out()
                 taken = await self.take()
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - the loop outlives database outages
@@ -156,14 +236,26 @@ class Deliverer:
                 )
                 await asyncio.sleep(min(0.2 * 2**failures, 5.0))
                 continue
-            if taken:
+            if taken or fanned >= FANOUT_BATCH:
                 continue  # more may be due
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.WEBHOOK_POLL_SECONDS)
+                await asyncio.wait_for(
+                    self._wake.wait(), max(self.poll - (time.monotonic() - fanned_at), 0.001)
+                )
             # Woken by an attempt that ended: the others ending meanwhile are taken together
-            # (one scan of the pending rows for many attempts, not one each).
-            await asyncio.sleep(TAKE_GAP_SECONDS)
+            # (one statement for many attempts, not one each); with none left in flight, at
+            # once (a key's next event waits for no one).
+            if self.tasks:
+                await asyncio.sleep(TAKE_GAP_SECONDS)
+
+    async def fan_out(self) -> int:
+        """Write the deliveries of up to FANOUT_BATCH new events (unless another process is
+        fanning out); how many events."""
+        async with self.engine.begin() as conn:
+            if not await conn.scalar(_TRY_LOCK, {"key": FANOUT_LOCK}):
+                return 0
+            return int(await conn.scalar(_FANOUT, {"batch": FANOUT_BATCH}) or 0)
 
     async def take(self) -> int:
         """Lease what is due (within this worker's limits) and start its attempts."""
@@ -178,8 +270,10 @@ class Deliverer:
             "limit": room,
             "lease": self.settings.WEBHOOK_TIMEOUT_SECONDS * 2 + 1,
         }
-        async with self.sessions() as session, session.begin():
-            rows = (await session.execute(_TAKE, params)).mappings().all()
+        # One statement, its own transaction: one round trip.
+        async with self.engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            rows = (await auto.execute(_TAKE, params)).mappings().all()
         for row in rows:
             self.per_endpoint[row["endpoint_id"]] += 1
             task = asyncio.create_task(self._attempt(dict(row)))
@@ -232,7 +326,9 @@ class Deliverer:
             rows = sorted((r for r, _ in batch), key=lambda r: r["id"])  # lock order
             try:
                 async with self.engine.begin() as conn:
-                    await conn.execute(_FINISH, {"rows": json.dumps(rows, default=str)})
+                    await conn.execute(_LOCK, {"key": FANOUT_LOCK})  # see _FINISH
+                    params = {"rows": json.dumps(rows, default=str), "ids": [r["id"] for r in rows]}
+                    await conn.execute(_FINISH, params)
             except Exception as exc:  # noqa: BLE001 - handed to the attempts
                 for _, future in batch:
                     future.set_exception(exc)
@@ -258,30 +354,25 @@ class Deliverer:
         """(HTTP status, error): one attempt, never raising."""
         try:
             body, headers = self._request(row)
-            if not self.settings.WEBHOOK_ALLOW_PRIVATE_URLS:
-                await urls.check(row["url"], allow_private=False)  # DNS may have changed
-            client = self._client(row["endpoint_id"])
-            response = await client.post(row["url"], content=body, headers=headers)
+            status = await self._client(row["endpoint_id"]).post(row["url"], body, headers)
         except urls.UrlRefused as exc:
             return None, f"url {exc}"
-        except httpx.TimeoutException:
+        except TimeoutError:
             return None, f"timeout after {self.settings.WEBHOOK_TIMEOUT_SECONDS:g} s"
-        except httpx.HTTPError as exc:
+        except OSError as exc:
             return None, f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # noqa: BLE001 - a bad event must not stop the others
             log.exception("webhook_attempt_error", delivery_id=str(row["id"]))
             return None, f"internal error: {type(exc).__name__}"
-        return response.status_code, None if response.is_success else f"HTTP {response.status_code}"
+        return status, None if 200 <= status < 300 else f"HTTP {status}"
 
-    def _client(self, endpoint_id: uuid.UUID) -> httpx.AsyncClient:
+    def _client(self, endpoint_id: uuid.UUID) -> http.Client:
         client = self.clients.get(endpoint_id)
         if client is None:
-            share = self.settings.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT
-            client = self.clients[endpoint_id] = httpx.AsyncClient(
-                follow_redirects=False,
+            client = self.clients[endpoint_id] = http.Client(
                 timeout=self.settings.WEBHOOK_TIMEOUT_SECONDS,
-                limits=httpx.Limits(max_connections=share, max_keepalive_connections=share),
-                trust_env=False,
+                keep=self.settings.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT,
+                allow_private=self.settings.WEBHOOK_ALLOW_PRIVATE_URLS,
             )
         return client
 

@@ -17,10 +17,13 @@ from sqlalchemy import text
 log = structlog.get_logger()
 
 MAX_AGE_SECONDS = 10.0
+# Undelivered: pending deliveries, and events not yet fanned out into deliveries.
 _BACKLOG = text(
-    """SELECT count(*) AS pending,
-    coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest_seconds
-FROM webhook_deliveries WHERE status = 'pending'"""
+    """SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending') AS pending,
+    coalesce(extract(epoch FROM now() - least(
+        (SELECT min(created_at) FROM webhook_deliveries WHERE status = 'pending'),
+        (SELECT e.created_at FROM webhook_events e WHERE NOT e.fanned_out ORDER BY e.seq
+            LIMIT 1))), 0) AS oldest_seconds"""
 )
 
 
@@ -52,7 +55,7 @@ class OutboxCollector(Collector):
         )
         yield GaugeMetricFamily(
             "agentry_webhook_outbox_oldest_pending_seconds",
-            "Age of the oldest undelivered (pending) webhook delivery; 0 when none",
+            "Age of the oldest undelivered webhook event (pending delivery or not yet fanned out); 0 when none",
             value=self.oldest_seconds,
         )
 

@@ -2,13 +2,17 @@
 
 Invariant (DESIGN.md 9): every committed change that has an event type has exactly one event
 row, written by the change's own statement (`ctes`, embedded in the state machines' transition
-CTEs and the conclusions' accounting) or in its transaction (`record`, for creations); a
+CTEs, the conclusions' accounting and the statements of a spawn and of a submit); a
 rolled-back change leaves none. Events are written only for projects with an enabled endpoint
-subscribed to the type (so a project without webhooks pays one index probe), and fanned out
-at once into one pending delivery per such endpoint.
+subscribed to the type (so a project without webhooks pays one index probe).
 
-Events hold row snapshots (`to_jsonb` of the row written); `render` turns them into the
-objects `GET` returns with the serializer each domain registered — the shape is written once.
+That row is all a change writes: the run pipeline's claims and conclusions write four events
+per run, so each is one heap row with a `json` payload (built as text: `to_json` costs half of
+`to_jsonb`) and two small index entries, no foreign key. The delivery loop fans events out to
+their endpoints' deliveries afterwards (backend/webhooks/delivery.py), in its own transactions.
+
+Events hold row snapshots (`to_json` of the row written); `render` turns them into the objects
+`GET` returns with the serializer each domain registered — the shape is written once.
 """
 
 from __future__ import annotations
@@ -54,45 +58,22 @@ def _subscribed(project: str, event_type: str) -> str:
 
 
 def ctes(name: str, event_type: EventType, source: str) -> str:
-    """CTEs `{name}_events` and `{name}_deliveries` of a caller's statement: an event of
-    `event_type` per row of `source` (SQL selecting project_id, ordering_key, payload jsonb,
-    created_at, and optionally dedupe_key) whose project subscribes to it, and its deliveries.
-    An event whose dedupe_key exists already is not written (nor delivered) again."""
+    """CTE `{name}_events` of a caller's statement: an event of `event_type` per row of
+    `source` (SQL selecting project_id, ordering_key, payload json or jsonb, created_at, and
+    optionally dedupe_key) whose project subscribes to it. An event whose dedupe_key exists
+    already is not written again."""
     kind = f"'{event_type.value}'"
+    dedupe = "dedupe_key" in source
     return f"""
-{name}_src AS (
-    SELECT s.* FROM ({source}) s WHERE EXISTS ({_subscribed("s.project_id", kind)})
-),
 {name}_events AS (
     INSERT INTO webhook_events (id, project_id, type, ordering_key, payload, dedupe_key,
         created_at)
-    SELECT gen_random_uuid(), s.project_id, {kind}, s.ordering_key, s.payload,
-        {"s.dedupe_key" if "dedupe_key" in source else "NULL"}, s.created_at
-    FROM {name}_src s
-    ON CONFLICT (dedupe_key) DO NOTHING
-    RETURNING id, project_id, ordering_key, seq, created_at
-),
-{name}_deliveries AS (
-    INSERT INTO webhook_deliveries (id, event_id, endpoint_id, ordering_key, seq, status,
-        attempts, next_attempt_at, created_at)
-    SELECT gen_random_uuid(), e.id, w.id, e.ordering_key, e.seq, 'pending', 0, e.created_at,
-        e.created_at
-    FROM {name}_events e JOIN webhook_endpoints w ON w.project_id = e.project_id AND w.enabled
-        AND (w.events ? {kind} OR w.events ? '*')
+    SELECT gen_random_uuid(), s.project_id, {kind}, s.ordering_key, CAST(s.payload AS json),
+        {"s.dedupe_key" if dedupe else "NULL"}, s.created_at
+    FROM ({source}) s WHERE EXISTS ({_subscribed("s.project_id", kind)})
+    {"ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING" if dedupe else ""}
+    RETURNING id
 )"""
-
-
-_RECORDS: dict[tuple[EventType, str], Any] = {}
-
-
-async def record(session: AsyncSession, event_type: EventType, source: str, **params: Any) -> None:
-    """`ctes` for a creation, in the caller's transaction (`source` may read `params`)."""
-    stmt = _RECORDS.get((event_type, source))
-    if stmt is None:
-        stmt = _RECORDS[(event_type, source)] = text(
-            f"WITH {ctes('ev', event_type, source)} SELECT count(*) FROM ev_events"
-        )
-    await session.execute(stmt, params)
 
 
 async def record_one(
@@ -112,10 +93,12 @@ async def record_one(
     return (await session.execute(_ONE, params)).scalar_one()
 
 
+# Fanned out at once: its one delivery is written with it.
 _ONE = text(
     """WITH e AS (
-    INSERT INTO webhook_events (id, project_id, type, ordering_key, payload, created_at)
-    VALUES (gen_random_uuid(), :project_id, :type, NULL, CAST(:payload AS jsonb), now())
+    INSERT INTO webhook_events (id, project_id, type, ordering_key, payload, created_at,
+        fanned_out)
+    VALUES (gen_random_uuid(), :project_id, :type, NULL, CAST(:payload AS json), now(), true)
     RETURNING id, seq, created_at
 ), d AS (
     INSERT INTO webhook_deliveries (id, event_id, endpoint_id, ordering_key, seq, status,

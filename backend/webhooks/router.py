@@ -5,10 +5,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
 
-from backend.auth.dependencies import rate_limit
+from backend.access import WebhookManager, rate_limit
 from backend.core.db import Session
 from backend.core.schemas import Page, Paging, error_responses
-from backend.projects.dependencies import WebhookManager
 from backend.webhooks import service
 from backend.webhooks.models import DeliveryStatus
 from backend.webhooks.schemas import (

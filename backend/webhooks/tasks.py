@@ -36,7 +36,7 @@ _BATCH = 5000
 def start(ctx: dict[str, Any]) -> None:
     if not ctx["settings"].WEBHOOK_DELIVERY_ENABLED:
         return
-    deliverer = Deliverer(ctx["sessionmaker"], ctx["settings"])
+    deliverer = Deliverer(ctx["settings"])
     deliverer.start()
     ctx["webhooks"] = deliverer
 

@@ -60,18 +60,29 @@ def check_form(url: str) -> int:
 async def check(url: str, *, allow_private: bool, resolved: bool = True) -> None:
     """Raise UrlRefused unless `url` may receive webhooks (resolving its host); `resolved`:
     a host that does not resolve is refused too (at delivery), else let through (at create)."""
+    await _checked(url, allow_private=allow_private, resolved=resolved)
+
+
+async def resolve(url: str, *, allow_private: bool) -> str | None:
+    """The address a delivery connects to: `url`'s host resolved and checked (raises
+    UrlRefused), or None when private addresses are allowed (the connection resolves it)."""
+    return await _checked(url, allow_private=allow_private, resolved=True)
+
+
+async def _checked(url: str, *, allow_private: bool, resolved: bool) -> str | None:
     port = check_form(url)
     if allow_private:
-        return
+        return None
     host = urlsplit(url).hostname or ""
     try:
         addresses = await _addresses(host, port)
     except (OSError, TimeoutError):
         if not resolved:
-            return  # not resolvable now: each delivery attempt checks it again
+            return None  # not resolvable now: each delivery attempt checks it again
         raise UrlRefused(f"host {host} does not resolve") from None
     if not addresses or any(_private(address) for address in addresses):
         raise UrlRefused("resolves to a private, loopback or link-local address")
+    return addresses[0]
 
 
 async def validate(url: str, *, allow_private: bool) -> None:

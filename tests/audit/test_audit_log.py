@@ -8,9 +8,9 @@ import pytest
 from fastapi import APIRouter, FastAPI
 from sqlalchemy import func, select
 
+from backend.access import CurrentPrincipal
 from backend.audit import service as audit
 from backend.audit.models import AuditLog
-from backend.auth.dependencies import CurrentPrincipal
 from backend.core.db import Session
 from backend.core.errors import Conflict
 from backend.projects.models import Role

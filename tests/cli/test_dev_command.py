@@ -104,6 +104,37 @@ def _login(port: int) -> str:
     return r.json()["access_token"]
 
 
+def _tool_demo(port: int, token: str) -> dict:
+    types = httpx.get(
+        f"http://127.0.0.1:{port}/api/v1/agent-types",
+        headers={"Authorization": f"Bearer {token}"},
+    ).json()["data"]
+    return next(t for t in types if t["slug"] == "tool-demo")
+
+
+def _tool_demo_waits(port: int, token: str, project_id: str, demo_url: str) -> str:
+    """A seeded tool-demo run calls the demo server, then waits for its client tool: the
+    output of its word_count step."""
+    base, auth = f"http://127.0.0.1:{port}/api/v1", {"Authorization": f"Bearer {token}"}
+    tool_demo = _tool_demo(port, token)
+    assert tool_demo["mcp_servers"][0]["url"] == demo_url
+    agent = httpx.post(
+        f"{base}/projects/{project_id}/agents",
+        json={"agent_type_id": tool_demo["id"], "name": "tools"},
+        headers=auth,
+    ).json()
+    run = httpx.post(
+        f"{base}/projects/{project_id}/agents/{agent['id']}/runs?wait=20",
+        json={"input": "go"},
+        headers=auth,
+        timeout=30,
+    ).json()
+    assert run["status"] == "requires_action", run
+    assert run["required_action"]["tool_calls"][0]["name"] == "lookup"
+    steps = httpx.get(f"{base}/projects/{project_id}/runs/{run['id']}/steps", headers=auth)
+    return steps.json()["data"][1]["output"]
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_dev_serves_stops_cleanly_and_reuses_data(stop_signal: signal.Signals) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="agentry-dev-"))
@@ -120,6 +151,7 @@ def test_dev_serves_stops_cleanly_and_reuses_data(stop_signal: signal.Signals) -
             headers={"Authorization": f"Bearer {token}"},
         )
         assert r.status_code == 201, r.text
+        assert _tool_demo_waits(port, token, r.json()["id"], demo_url) == "4"
         proc.send_signal(stop_signal)
         output = proc.communicate(timeout=30)[0].decode()
         assert "Agentry stopped." in output
@@ -128,7 +160,9 @@ def test_dev_serves_stops_cleanly_and_reuses_data(stop_signal: signal.Signals) -
             socket.create_connection(("127.0.0.1", int(demo_url.split(":")[2].split("/")[0])))
 
         proc = _start(data_dir, port)
+        demo_url = _demo_mcp_url(proc)
         _wait_ready(proc, port)
+        assert _tool_demo(port, _login(port))["mcp_servers"][0]["url"] == demo_url  # followed
         listed = httpx.get(
             f"http://127.0.0.1:{port}/api/v1/projects",
             headers={"Authorization": f"Bearer {_login(port)}"},

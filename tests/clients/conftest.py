@@ -57,6 +57,19 @@ class Live:
         slug = f"p-{uuid.uuid4().hex[:10]}"
         return self.post("/projects", {"name": slug, "slug": slug, "budget": budget or None})
 
+    def agent_type(self, **fields: object) -> dict:
+        """A new `fake` type (API.md "Agent types": `config.script`, tools, mcp_servers)."""
+        slug = f"t-{uuid.uuid4().hex[:10]}"
+        body = {"name": slug, "slug": slug, "provider": "fake", "model": "fake-echo", **fields}
+        return self.post("/agent-types", body)
+
+    def demo_mcp_url(self) -> str:
+        """The demo MCP server `agentry dev` serves (its banner's `MCP demo:`), as the seeded
+        tool-demo type holds it."""
+        types = self.get("/agent-types", params={"limit": 100})["data"]
+        demo = next(t for t in types if t["slug"] == "tool-demo")
+        return demo["mcp_servers"][0]["url"]
+
 
 def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
     deadline = time.monotonic() + 90

@@ -1,7 +1,8 @@
 """Retries and resumption through a proxy that breaks connections: an idempotent create whose
 answer is lost is retried with the same key (same object, nothing more created); a
 non-idempotent one is not; 502/503/429 are retried within the budget; --wait resumes a cut
-event stream with Last-Event-ID."""
+event stream with Last-Event-ID; a lost answer to --tool or `runs approve` is sent again as
+the same answer."""
 
 from __future__ import annotations
 
@@ -148,3 +149,51 @@ def test_wait_resumes_a_cut_event_stream_with_last_event_id(ctl, live, proxied) 
 
 def _echo(live: Live) -> str:
     return next(t["id"] for t in live.get("/agent-types")["data"] if t["slug"] == "echo")
+
+
+def test_tool_outputs_retried_after_a_lost_answer_answer_once(ctl, live, proxied, tmp_path) -> None:
+    """--tool: the command runs once; its answer, lost on the way back, is sent again with the
+    same Idempotency-Key, and the server takes it as the same answer (no 409)."""
+    project = live.project()
+    demo = next(t for t in live.get("/agent-types")["data"] if t["slug"] == "tool-demo")
+    live.post(f"/projects/{project['id']}/agents", {"agent_type_id": demo["id"], "name": "d"})
+    proxy = proxied(first("POST", "/tool-outputs", Action("drop")))
+    ran = tmp_path / "ran"
+    r = ctl(
+        "runs", "submit", "-p", project["slug"], "-a", "d", "-i", "x",
+        "--tool", f"lookup=echo once >> {ran}; echo sunny", env={"AGENTRY_URL": proxy.url},
+    )  # fmt: skip
+    assert r.code == 0, r.stderr
+    run = json.loads(r.stdout)
+    assert (run["status"], run["output"]) == ("succeeded", "echo: sunny")
+    assert ran.read_text() == "once\n"
+    posts = proxy.matching("POST", "/tool-outputs")
+    assert len(posts) == 2
+    assert posts[0].headers["idempotency-key"] == posts[1].headers["idempotency-key"]
+    steps = live.get(f"/projects/{project['id']}/runs/{run['id']}/steps")["data"]
+    assert [s["executor"] for s in steps if s["kind"] == "tool"] == ["server", "client"]
+
+
+def test_approve_retried_after_a_lost_answer_decides_once(ctl, live, proxied) -> None:
+    project = live.project()
+    script = [{"tool_calls": [{"name": "demo__add", "arguments": {"a": 2, "b": 3}}]}]
+    server = {"name": "demo", "url": live.demo_mcp_url(), "require_approval": "always"}
+    kind = live.agent_type(config={"script": script}, mcp_servers=[server])
+    live.post(f"/projects/{project['id']}/agents", {"agent_type_id": kind["id"], "name": "c"})
+    r = ctl("runs", "submit", "-p", project["slug"], "-a", "c", "-i", "x", "--wait", "60")
+    assert r.code == 9, r.stderr
+    run = json.loads(r.stdout)
+    [call] = run["required_action"]["tool_calls"]
+    proxy = proxied(first("POST", "/approvals", Action("drop")))
+    r = ctl(
+        "runs", "approve", "-p", project["slug"], run["id"], "--call", call["id"],
+        env={"AGENTRY_URL": proxy.url},
+    )  # fmt: skip
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout)["id"] == run["id"]
+    posts = proxy.matching("POST", "/approvals")
+    assert len(posts) == 2
+    assert posts[0].headers["idempotency-key"] == posts[1].headers["idempotency-key"]
+    assert ctl("runs", "follow", "-p", project["slug"], run["id"]).code == 0
+    steps = live.get(f"/projects/{project['id']}/runs/{run['id']}/steps")["data"]
+    assert [(s["name"], s["output"]) for s in steps if s["kind"] == "tool"] == [("demo__add", "5")]

@@ -1,5 +1,6 @@
 """The Python library against the live server: every page of a list, errors mapped to their
-classes with the envelope's fields, the retry policy, streams, and AsyncClient."""
+classes with the envelope's fields, the retry policy, streams, AsyncClient, and client tools,
+approvals and steps."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from agentry_client import (
     Conflict,
     ConnectionFailed,
     NotFound,
+    ToolError,
     Unauthorized,
     Unavailable,
     ValidationError,
 )
-from agentry_client.models import Agent, Run
+from agentry_client.models import Agent, Event, Run, Step
 
 from tests.clients.conftest import Live, free_port
 from tests.clients.proxy import FORWARD, Action, Proxy, Seen, respond
@@ -146,3 +148,135 @@ async def test_async_client(live: Live) -> None:
         assert (await c.runs.get(project["slug"], run.id)).status == "succeeded"
     assert events[-1].event == "end"
     assert "".join(e.data["text"] for e in events if e.event == "delta") == "echo: hi"
+
+
+# --- tools (the seeded tool-demo type and its demo MCP server) -----------------------------
+
+LOOKUP_ARGS = {"query": "weather in Paris"}  # what tool-demo's script asks `lookup`
+
+
+def test_run_with_tools_answers_client_tools(client: Client, live: Live) -> None:
+    project = live.project()["slug"]
+    agent = client.agents.spawn(project, agent_type="tool-demo", name="demo")
+    seen = []
+
+    def lookup(arguments: dict) -> dict:
+        seen.append(arguments)
+        return {"sky": "clear"}  # not a string: submitted as JSON
+
+    run = client.runs.run_with_tools(project, agent.id, "go", tools={"lookup": lookup})
+    assert seen == [LOOKUP_ARGS]
+    assert (run.status, run.output, run.steps) == ("succeeded", 'echo: {"sky": "clear"}', 5)
+
+    def missing(arguments: dict) -> str:
+        raise ToolError("not found: " + arguments["query"])
+
+    run = client.runs.run_with_tools(project, "demo", "go", tools={"lookup": missing})
+    assert (run.status, run.output) == ("succeeded", "echo: not found: weather in Paris")
+    steps = list(client.runs.steps(project, run.id))
+    assert all(isinstance(s, Step) for s in steps)
+    assert [(s.kind, s.executor) for s in steps] == [
+        ("model", None),
+        ("tool", "server"),
+        ("model", None),
+        ("tool", "client"),
+        ("model", None),
+    ]
+    assert (steps[3].output, steps[3].is_error, steps[3].arguments) == (
+        "not found: weather in Paris",
+        True,
+        LOOKUP_ARGS,
+    )
+
+
+def test_wait_stops_at_an_approval_then_answers_the_client_tool(client: Client, live: Live) -> None:
+    """One model step asks for a server tool that needs approval and a client tool: the run
+    waits for the approval first (which no tool function gives), then for the client tool."""
+    project = live.project()["slug"]
+    calls = [
+        {"name": "demo__add", "arguments": {"a": 2, "b": 3}},
+        {"name": "lookup", "arguments": LOOKUP_ARGS},
+    ]
+    server = {"name": "demo", "url": live.demo_mcp_url(), "require_approval": "always"}
+    lookup = {"name": "lookup", "description": "", "input_schema": {"type": "object"}}
+    kind = live.agent_type(
+        config={"script": [{"tool_calls": calls}]}, mcp_servers=[server], tools=[lookup]
+    )
+    agent = client.agents.spawn(project, agent_type=kind["slug"], name="careful")
+    run = client.runs.submit(project, agent.id, "go")
+    seen = []
+
+    def answer(arguments: dict) -> str:
+        seen.append(arguments)
+        return "L"
+
+    tools = {"demo__add": answer, "lookup": answer}
+    waiting = client.runs.wait(project, run.id, tools=tools, timeout=60)
+    assert (waiting.status, waiting.required_action["type"]) == (
+        "requires_action",
+        "approve_tool_calls",
+    )
+    [call] = waiting.required_action["tool_calls"]
+    assert call["name"] == "demo__add"
+    assert seen == []  # not even the client tool of the same step: its turn comes after
+    queued = client.runs.approve(project, run.id, [{"tool_call_id": call["id"], "approve": True}])
+    assert isinstance(queued, Run)
+    assert (queued.status, queued.required_action) == ("queued", None)
+    done = client.runs.wait(project, run.id, tools=tools, timeout=60)
+    assert (done.status, done.output) == ("succeeded", "echo: 5\nL")  # in call order
+    assert seen == [LOOKUP_ARGS]
+
+
+def test_wait_passes_over_an_action_already_answered(client: Client, live: Live) -> None:
+    """Following a run from its start replays its `requires_action` event; once answered (the
+    run is queued behind its paused agent here), waiting goes on to the end."""
+    project = live.project()["slug"]
+    agent = client.agents.spawn(project, agent_type="tool-demo", name="demo")
+    run = client.runs.submit(project, agent.id, "go")
+    waiting = client.runs.wait(project, run.id, timeout=60)  # no tools: returns at the action
+    assert waiting.status == "requires_action"
+    client.agents.pause(project, agent.id)
+    [call] = waiting.required_action["tool_calls"]
+    answer = [{"tool_call_id": call["id"], "output": "sunny"}]
+    assert client.runs.submit_tool_outputs(project, run.id, answer).status == "queued"
+
+    answered = []
+
+    def resume_once_answered(event: Event) -> None:
+        # The replayed answer: the lookup's result, then `queued`. Resume the agent only then,
+        # so the run is still queued when its `requires_action` event is replayed.
+        if event.event == "tool_result" and event.data["tool_call_id"] == call["id"]:
+            answered.append(event)
+        elif answered and event.data == {"status": "queued"}:
+            client.agents.resume(project, agent.id)
+
+    def never(arguments: dict) -> str:
+        raise AssertionError("the action was answered already")
+
+    done = client.runs.wait(
+        project, run.id, tools={"lookup": never}, on_event=resume_once_answered, timeout=60
+    )
+    assert (done.status, done.output) == ("succeeded", "echo: sunny")
+
+
+async def test_async_run_with_tools(live: Live) -> None:
+    project = live.project()["slug"]
+    seen = []
+
+    async def lookup(arguments: dict) -> str:
+        seen.append(arguments)
+        return "rain"
+
+    async with AsyncClient(live.url, api_key=live.api_key) as c:
+        agent = await c.agents.spawn(project, agent_type="tool-demo", name="async")
+        run = await c.runs.run_with_tools(project, agent.name, "go", tools={"lookup": lookup})
+        steps = [s async for s in c.runs.steps(project, run.id)]
+        # An output the server cannot take (a NUL) is sent again as an error saying why.
+        refused = await c.runs.run_with_tools(
+            project, agent.id, "go", tools={"lookup": lambda _: "a\0b"}
+        )
+    assert seen == [LOOKUP_ARGS]
+    assert (run.status, run.output) == ("succeeded", "echo: rain")
+    assert [s.index for s in steps] == [0, 1, 2, 3, 4]
+    assert refused.status == "succeeded"
+    assert refused.output.startswith("echo: the tool's output was refused by the Agentry server: ")

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,12 @@ from sqlalchemy import func, select, update
 
 from backend.config import Settings
 from backend.projects.models import Project
+from backend.runs import pipeline
+from backend.runs import steps as steps_module
 from backend.runs.models import ConversationMessage, ProviderCall, Run, RunStep
 from backend.tools.demo_server import serve_demo
+from backend.usage import service as usage_service
+from backend.usage.tokens import Usage
 from backend.worker import run_worker
 from tests.runs.conftest import World, eventually, spawn_worker_process
 from tests.runs.providers.conftest import OPENAI_URL  # registers respx's httpx2 mocker
@@ -384,3 +390,157 @@ async def test_a_run_waiting_for_an_action_holds_no_worker_keeps_the_turn_and_ex
     assert first_ended is not None
     assert second_started is not None
     assert second_started >= first_ended  # only after the first one ended
+
+
+async def _waiting(world: World, run_id: str) -> dict[str, Any]:
+    async def parked() -> bool:
+        return await _status_of(world, run_id) == "requires_action"
+
+    await eventually(parked)
+    return await world.run(run_id)
+
+
+async def _answer(world: World, run_id: str, endpoint: str, body: dict) -> dict[str, Any]:
+    response = await world.client.post(
+        f"{world.run_url(run_id)}/{endpoint}", json=body, headers=world.owner.headers
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_an_mcp_tool_then_a_client_tool_then_the_answer(
+    world: World, worker, demo_url: str
+) -> None:
+    lookup = {"tool_calls": [{"name": "lookup", "arguments": {"q": "weather"}}]}
+    agent = await _tool_agent(world, demo_url, [_add(2, 3), lookup], tools=[LOOKUP])
+    run_id = (await world.submit(agent, "plan it"))["id"]
+
+    waiting = await _waiting(world, run_id)
+    action = waiting["required_action"]
+    assert action["type"] == "submit_tool_outputs"
+    assert [(c["name"], c["arguments"]) for c in action["tool_calls"]] == [
+        ("lookup", {"q": "weather"})
+    ]
+    assert waiting["steps"] == 3
+    assert (await world.agent_row(agent)).status == "waiting"
+    call_id = action["tool_calls"][0]["id"]
+
+    answered = await _answer(
+        world,
+        run_id,
+        "tool-outputs",
+        {"tool_outputs": [{"tool_call_id": call_id, "output": "sunny"}]},
+    )
+    assert answered["status"] == "queued"
+    run = await world.finished(run_id)
+
+    assert run["status"] == "succeeded", run["error"]
+    assert run["output"] == "echo: sunny"
+    page = await world.client.get(f"{world.run_url(run_id)}/steps", headers=world.owner.headers)
+    steps = page.json()["data"]
+    assert [(s["index"], s["kind"], s.get("executor"), s["status"]) for s in steps] == [
+        (0, "model", None, "succeeded"),
+        (1, "tool", "server", "succeeded"),
+        (2, "model", None, "succeeded"),
+        (3, "tool", "client", "succeeded"),
+        (4, "model", None, "succeeded"),
+    ]
+    assert [s["output"] for s in steps if s["kind"] == "tool"] == ["5", "sunny"]
+    model_usage = [s["usage"]["total_tokens"] for s in steps if s["kind"] == "model"]
+    assert run["usage"]["total_tokens"] == sum(model_usage)
+    metrics = await world.client.get(
+        f"/api/v1/projects/{world.project.id}/metrics", headers=world.owner.headers
+    )
+    assert metrics.json()["totals"]["total_tokens"] == run["usage"]["total_tokens"]
+    assert run["attempt"] == 2  # resumed by a second claim after the answer
+    assert (await world.agent_row(agent)).status == "idle"
+
+    events, _ = parse_sse((await sse(world, run_id)).text)
+    flow = [
+        e["data"]["status"] if e["event"] == "status" else e["event"]
+        for e in events
+        if e["event"] not in ("delta", "usage")
+    ]
+    assert flow == [
+        "queued",
+        "running",
+        "tool_call",
+        "tool_result",
+        "tool_call",
+        "requires_action",
+        "requires_action",
+        "tool_result",
+        "queued",
+        "running",
+        "succeeded",
+        "end",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("approve", "output"), [(True, "echo: 5"), (False, "echo: denied: not now")]
+)
+async def test_approval_runs_or_denies_a_server_tool(
+    world: World, worker, demo_url: str, approve: bool, output: str
+) -> None:
+    agent_type = await world.agent_type(
+        config={"script": [_add(2, 3)]},
+        mcp_servers=[_server(demo_url, require_approval=["add"])],
+    )
+    agent = await world.agent(agent_type)
+    run_id = (await world.submit(agent, "may I"))["id"]
+
+    action = (await _waiting(world, run_id))["required_action"]
+    assert action["type"] == "approve_tool_calls"
+    call_id = action["tool_calls"][0]["id"]
+    decision = {"tool_call_id": call_id, "approve": approve, "message": "not now"}
+    await _answer(world, run_id, "approvals", {"decisions": [decision]})
+    run = await world.finished(run_id)
+
+    assert run["status"] == "succeeded", run["error"]
+    assert run["output"] == output
+    tool = [s for s in await _steps(world, run_id) if s.kind == "tool"]
+    assert len(tool) == 1
+    assert tool[0].is_error is (not approve)
+    assert tool[0].approval["approved"] is approve
+    assert tool[0].approval["actor_user_id"] == str(world.owner.user.id)
+    audit = await world.client.get(
+        f"/api/v1/projects/{world.project.id}/audit-log", headers=world.owner.headers
+    )
+    actions = [(e["action"], e["actor_user_id"]) for e in audit.json()["data"]]
+    assert ("run.approval", str(world.owner.user.id)) in actions
+
+
+async def test_a_step_that_ends_after_its_run_was_cancelled_is_kept_and_stops_the_attempt(
+    world: World, settings: Settings, app
+) -> None:
+    """The checkpoint of a model step that finished after the run was cancelled: its calls are
+    counted and its row kept (usage = the sum of model steps), but the attempt is told to stop."""
+    agent = await world.agent()
+    run_id = (await world.submit(agent, "soon cancelled"))["id"]
+    db = await pipeline.Pipeline.connect(settings, "test:cancelled")
+    try:
+        claimed = await db.claim(uuid.UUID(run_id), 0)
+        assert claimed is not None
+        cancel = await world.client.post(
+            f"{world.run_url(run_id)}/cancel", headers=world.owner.headers
+        )
+        assert cancel.json()["status"] == "cancelled"
+        job = {"run_id": run_id, "agent_id": agent.id, "j_worker": "test:cancelled"}
+        job |= {"j_attempt": 1, "j_provider": "fake"}
+        calls = usage_service.priced_calls(
+            uuid.UUID(run_id),
+            "fake",
+            [("fake-echo", Usage(input_tokens=3, output_tokens=10), True, None, 0)],
+            at=datetime.now(UTC),
+        )
+        step = steps_module.row(run_id, 0, "model", "succeeded", 1, text="", tool_calls=[])
+        row = await db.conclude(pipeline.Conclusion.step, job, calls, [step])
+    finally:
+        await db.close()
+
+    assert row is not None
+    assert row["stepped"] is False  # the attempt stops
+    run = await world.run(run_id)
+    assert (run["status"], run["usage"]["total_tokens"], run["steps"]) == ("cancelled", 13, 1)
+    assert [s.kind for s in await _steps(world, run_id)] == ["model"]

@@ -20,7 +20,7 @@ from agentry_client._core import (
     resolve_project,
     tool_outputs,
 )
-from agentry_client._tools import acall_tool
+from agentry_client._tools import acall_tool, without_refused
 from agentry_client.client import USER_AGENT, Session, decode, passed, stream_timeout
 
 
@@ -207,9 +207,20 @@ class AsyncRuns(resources.Runs):
                 answers = tool_outputs(run.required_action or {}, tools or {})
                 if answers is None:
                     return run
-                outputs = [await acall_tool(call, fn) for call, fn in answers]
-                await self.submit_tool_outputs(pid, run_id, outputs)
+                await self._answer(pid, run_id, [await acall_tool(c, fn) for c, fn in answers])
         return await self.get(pid, run_id)
+
+    async def _answer(self, pid: str, run_id: str, outputs: list[dict[str, Any]]) -> None:
+        """See `Client.runs._answer`."""
+        while True:
+            try:
+                await self.submit_tool_outputs(pid, run_id, outputs)
+                return
+            except errors.AgentryError as exc:
+                kept = without_refused(outputs, exc)
+                if kept is None:
+                    raise
+                outputs = kept
 
     async def run_with_tools(
         self,

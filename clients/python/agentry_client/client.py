@@ -24,7 +24,7 @@ from agentry_client._core import (
     resolve_project,
     tool_outputs,
 )
-from agentry_client._tools import call_tool
+from agentry_client._tools import call_tool, without_refused
 
 USER_AGENT = "agentry-client/0.1"
 STREAM_READ_SECONDS = 60.0  # the server sends a keep-alive at least every 15 s
@@ -267,8 +267,9 @@ class Runs(resources.Runs):
         on_event: Callable[[models.Event], None] | None = None,
     ) -> models.Run:
         """Follow the run and answer its `submit_tool_outputs` actions with `tools`
-        ({name: fn(arguments) -> output}). Returns the run when it is final, when it
-        requires an action `tools` cannot give (status `requires_action`), or when `timeout`
+        ({name: fn(arguments) -> output; an exception gives an `is_error` result, an output
+        the server refuses too: see `without_refused`). Returns the run when it is final, when
+        it requires an action `tools` cannot give (status `requires_action`), or when `timeout`
         seconds passed (any other status)."""
         pid = self._d.run(resolve_project(project))
         deadline = time.monotonic() + timeout
@@ -285,9 +286,21 @@ class Runs(resources.Runs):
                 answers = tool_outputs(run.required_action or {}, tools or {})
                 if answers is None:
                     return run
-                outputs = [call_tool(call, fn) for call, fn in answers]
-                self.submit_tool_outputs(pid, run_id, outputs)
+                self._answer(pid, run_id, [call_tool(call, fn) for call, fn in answers])
         return self.get(pid, run_id)
+
+    def _answer(self, pid: str, run_id: str, outputs: list[dict[str, Any]]) -> None:
+        """Submit the outputs; one the server cannot take is sent again as an error result
+        saying why (see `without_refused`)."""
+        while True:
+            try:
+                self.submit_tool_outputs(pid, run_id, outputs)
+                return
+            except errors.AgentryError as exc:
+                kept = without_refused(outputs, exc)
+                if kept is None:
+                    raise
+                outputs = kept
 
     def run_with_tools(
         self,

@@ -123,7 +123,8 @@ def submit(
         "--tool",
         metavar="NAME=COMMAND",
         help="Execute client tool NAME with COMMAND (sh): arguments as JSON on stdin, stdout "
-        "is the result, a non-zero exit an error result. Repeatable; implies waiting",
+        "is the result, a non-zero exit an error result (so is an output the server refuses, "
+        "e.g. too long: the model is told why). Repeatable; implies waiting",
     ),
 ) -> None:
     """Submit a run; with --wait/--follow/--tool, follow it until it ends."""
