@@ -15,6 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 import psutil
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 Lister = Callable[[], list[psutil.Process]]
 
@@ -112,3 +114,19 @@ def postgres_backends(backend_pid: int, database: str, exclude: set[int]) -> Lis
         return found
 
     return listed
+
+
+async def own_backends(engine: AsyncEngine) -> set[int]:
+    """The backend pids of the bench's own connections (its polling is not the servers'
+    work), kept up to date as its pool opens connections: `exclude` of postgres_backends."""
+    pids: set[int] = set()
+
+    def connected(dbapi_connection: Any, record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SELECT pg_backend_pid()")
+        pids.add(cursor.fetchone()[0])
+        cursor.close()
+
+    await engine.dispose()  # every connection from now on is seen opening
+    event.listen(engine.sync_engine, "connect", connected)
+    return pids

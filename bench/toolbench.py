@@ -3,10 +3,12 @@
 process of its own (`python -m bench.serve mcp-demo <port>`), as a user's MCP server would be:
 
 - throughput: `tool_runs` runs, one agent each, submitted by 32 clients while the worker runs
-  (the pipeline section's end-to-end measure, bench/pipelinebench.py `_batch`), first of a plain
-  type (1 model step), then of a type whose script calls `demo__add` (3 steps: model → MCP tool
-  → model); runs/s and steps/s from the first submission to the last finish, and the CPU each
-  process spent per run (steadier than runs/s on a shared machine);
+  (the pipeline section's end-to-end measure, bench/pipelinebench.py `_batch`), of a plain type
+  (1 model step) and of a type whose script calls `demo__add` (3 steps: model → MCP tool →
+  model), in alternating rounds (3, or BENCH_ROUNDS), the median of each; runs/s and steps/s
+  from the first submission to the last finish, and the CPU each process group spent per run
+  over that span (bench/cpu.py; steadier than runs/s on a shared machine): the worker, the
+  API, the MCP server, Postgres (and its backends serving the worker's pool);
 - resume: `pickups` runs of a type whose script asks for a client tool, one at a time on an
   idle system: submit, wait for `requires_action`, then POST …/tool-outputs. Answer→running is
   the client tool step's `finished_at` (the API's clock when it took the answer, as a run's
@@ -24,13 +26,14 @@ import contextlib
 import os
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import psutil
 from sqlalchemy import text
 
+from bench import cpu, routes, webhookbench
 from bench import pipelinebench as pipe
-from bench import routes
 from bench.harness import Harness
 from bench.procs import HOST, Proc, free_port, python_module
 from bench.report import table
@@ -55,23 +58,24 @@ async def run(h: Harness) -> dict[str, Any]:
             reasons.append(h.available.worker_error or "worker not implemented")
         out["skipped"].append("skipped: tools — " + "; ".join(reasons))
         return out
-    cfg = h.cfg
     mcp = _mcp_server(h)
     worker = pipe._worker(h)
     out["worker_command"] = " ".join(["python", *worker.args[1:]])
-    out["worker_max_jobs"] = cfg.worker_max_jobs
+    out["worker_max_jobs"] = h.cfg.worker_max_jobs
     mcp.start()
     try:
         await asyncio.to_thread(mcp.wait_tcp)
         url = f"http://{HOST}:{mcp.port}/mcp"
-        plain = await create_fake_type(h.engine, "bench-plain", {})
-        server: dict[str, Any] = {"name": "demo", "url": url, "headers": {}, "allowed_tools": None}
-        acting = await create_fake_type(
-            h.engine,
-            "bench-mcp",
-            {"script": [{"tool_calls": [ADD]}]},
-            mcp_servers=[server | {"require_approval": "never"}],
-        )
+        server = {"name": "demo", "url": url, "headers": {}, "allowed_tools": None}
+        types = {
+            "plain": await create_fake_type(h.engine, "bench-plain", {}),
+            "mcp": await create_fake_type(
+                h.engine,
+                "bench-mcp",
+                {"script": [{"tool_calls": [ADD]}]},
+                mcp_servers=[server | {"require_approval": "never"}],
+            ),
+        }
         client = await create_fake_type(
             h.engine,
             "bench-client-tool",
@@ -80,26 +84,13 @@ async def run(h: Harness) -> dict[str, Any]:
         )
         api = await h.start_agentry("tools-api")
         try:
-            worker.start()
-            for type_id in (plain, acting):  # every pool warm, the MCP session open
-                await pipe._warm_up(h, api, worker, type_id)
-            procs = {"worker": worker, "api": api, "mcp": mcp}
-            out["plain"] = await _throughput(h, api, worker, procs, plain, cfg.tool_runs, "plain")
-            _progress("1 step (model)", out["plain"])
-            out["mcp"] = await _throughput(h, api, worker, procs, acting, cfg.tool_runs, "mcp")
-            _progress("3 steps (model → MCP → model)", out["mcp"])
-            out["resume"] = await _resume(h, api, worker, client, cfg.pickups)
-            print(f"  tool-outputs→running idle: p50 {out['resume']['p50_ms']} ms", flush=True)
+            out |= await _measure(h, api, worker, mcp, types, client)
         finally:
             worker.stop(grace=15)
             api.stop()
     finally:
         mcp.stop()
     return out
-
-
-def _progress(what: str, b: dict[str, Any]) -> None:
-    print(f"  {what}: {b['runs_per_s']} runs/s, {b['steps_per_s']} steps/s", flush=True)
 
 
 def _mcp_server(h: Harness) -> Proc:
@@ -114,33 +105,75 @@ def _mcp_server(h: Harness) -> Proc:
     )
 
 
-async def _throughput(
+async def _measure(
     h: Harness,
     api: Proc,
     worker: Proc,
-    procs: dict[str, Proc],
-    type_id: uuid.UUID,
-    count: int,
-    kind: str,
+    mcp: Proc,
+    types: dict[str, uuid.UUID],
+    client: uuid.UUID,
 ) -> dict[str, Any]:
-    """The pipeline section's end-to-end batch, with each process's CPU per run, and steps."""
-    before = {name: _cpu(p) for name, p in procs.items()}
-    db_before = await _db_cpu(h)
-    out = await pipe._batch(h, api, worker, type_id, count, "e2e")
-    after = {name: _cpu(p) for name, p in procs.items()}
-    db_after = await _db_cpu(h)
-    finished = out["finished"] or 1
-    spent = {name: after[name] - before[name] for name in procs}
-    if db_after is not None and db_before is not None:
-        used = [(t - db_before.get(pid, (0.0, ""))[0], app) for pid, (t, app) in db_after.items()]
-        spent["postgres"] = sum(t for t, _ in used)
-        spent["postgres_worker"] = sum(t for t, app in used if app == WORKER_APP)
-    out["cpu_ms_per_run"] = {name: pipe._r(t * 1000 / finished) for name, t in spent.items()}
+    """Rounds of the two types' batches, alternating (this machine's other tenants come and
+    go); then the resumes."""
+    mine = await cpu.own_backends(h.engine)
+    async with h.engine.connect() as conn:
+        backend = await conn.scalar(text("SELECT pg_backend_pid()"))
+        database = await conn.scalar(text("SELECT current_database()"))
+    pool: set[int] = set()  # the worker's pool's backends, once it is open
+    groups = {
+        "worker": cpu.children(lambda: worker.popen),
+        "api": cpu.children(lambda: api.popen),
+        "mcp": cpu.children(lambda: mcp.popen),
+    }
+    with contextlib.suppress(psutil.Error):  # a Postgres whose processes we cannot see
+        groups["postgres"] = cpu.postgres_backends(backend, database, exclude=mine)
+        groups["postgres_worker"] = lambda: [psutil.Process(pid) for pid in pool]
+    out: dict[str, Any] = {}
+    with cpu.CpuMeter(groups) as meter:
+        worker.start()
+        for type_id in types.values():  # every pool warm, the MCP session open
+            await pipe._warm_up(h, api, worker, type_id)
+        pool |= await _worker_backends(h)
+        batches: dict[str, list[dict[str, Any]]] = {kind: [] for kind in types}
+        for _ in range(max(h.cfg.rounds, ROUNDS)):
+            for kind, type_id in types.items():
+                batches[kind].append(await _throughput(h, api, worker, meter, type_id))
+        for kind, label in (("plain", "1 step"), ("mcp", "3 steps (model → MCP → model)")):
+            out[kind] = _rounds(batches[kind])
+            print(f"  {label}: {out[kind]['rounds_runs_per_s']} runs/s", flush=True)
+        out["resume"] = await _resume(h, api, worker, client, h.cfg.pickups)
+        print(f"  tool-outputs→running idle: p50 {out['resume']['p50_ms']} ms", flush=True)
+    return out
+
+
+ROUNDS = 3
+
+
+async def _worker_backends(h: Harness) -> set[int]:
+    """The backends of the worker's pool: its claims and conclusions."""
+    async with h.engine.connect() as conn:
+        pids = await conn.scalars(
+            text(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = :app"
+            ),
+            {"app": WORKER_APP},
+        )
+        return set(pids)
+
+
+async def _throughput(
+    h: Harness, api: Proc, worker: Proc, meter: cpu.CpuMeter, type_id: uuid.UUID
+) -> dict[str, Any]:
+    """The pipeline section's end-to-end batch of `tool_runs` runs, with each process
+    group's CPU per run from the first submission to the last finish, and the steps."""
+    out = await pipe._batch(h, api, worker, type_id, h.cfg.tool_runs, "e2e")
     async with h.engine.connect() as conn:
         row = (
             await conn.execute(
                 text(
-                    "SELECT coalesce(sum(r.steps), 0) AS steps,"
+                    "SELECT min(r.created_at) AS first, max(r.finished_at) AS last,"
+                    " count(*) AS n, coalesce(sum(r.steps), 0) AS steps,"
                     " count(*) FILTER (WHERE r.output = :ok) AS answered,"
                     " (SELECT count(*) FROM run_steps s JOIN runs x ON x.id = s.run_id"
                     "  WHERE x.project_id = :p AND s.kind = 'tool' AND s.is_error) AS tool_errors"
@@ -149,38 +182,29 @@ async def _throughput(
                 {"p": out["project_id"], "ok": ADD_OUTPUT},
             )
         ).one()
+    used = meter.used(row.first.timestamp(), row.last.timestamp())
+    out["cpu_ms_per_run"] = {k: round(v * 1000 / row.n, 3) for k, v in used.items()}
     out["steps"] = row.steps
-    out["steps_per_s"] = pipe._r(out["runs_per_s"] and out["runs_per_s"] * row.steps / finished)
-    if kind == "mcp":
-        out["tool_errors"] = row.tool_errors  # an MCP call that failed is an error result
-        out["answered"] = row.answered  # runs whose answer carries the tool's output
+    out["steps_per_s"] = pipe._r(out["runs_per_s"] and out["runs_per_s"] * row.steps / row.n)
+    # A failed MCP call is an error result; `answered`: runs whose answer has the server's sum.
+    out["tool_errors"], out["answered"] = row.tool_errors, row.answered
     return out
 
 
-def _cpu(proc: Proc) -> float:
-    times = psutil.Process(proc.popen.pid).cpu_times()  # type: ignore[union-attr]
-    return float(times.user + times.system)
-
-
-async def _db_cpu(h: Harness) -> dict[int, tuple[float, str]] | None:
-    """CPU so far and application_name of each Postgres backend serving the bench database
-    (the API's and the worker's pools), by pid; None unless Postgres is the embedded one (its
-    pids are ours)."""
-    if not h.services.embedded:
-        return None
-    async with h.engine.connect() as conn:
-        backends = await conn.execute(
-            text(
-                "SELECT pid, application_name FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        )
-        spent = {}
-        for pid, app in backends:
-            with contextlib.suppress(psutil.Error):
-                times = psutil.Process(pid).cpu_times()
-                spent[pid] = (float(times.user + times.system), app)
-    return spent
+def _rounds(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round of median runs/s with the median CPU per run (webhookbench's rule), and
+    what went wrong in any round."""
+    out = webhookbench._median(batches)
+    statuses: Counter[str] = Counter()
+    for b in batches:
+        statuses.update(b["statuses"])
+    out["all_rounds"] = {
+        "runs": sum(b["runs"] for b in batches),
+        "statuses": dict(statuses),
+        "tool_errors": sum(b["tool_errors"] for b in batches),
+        "answered": sum(b["answered"] for b in batches),
+    }
+    return out
 
 
 async def _resume(
@@ -265,19 +289,18 @@ def render(section: dict[str, Any]) -> str:
         return ""
     plain, mcp = section["plain"], section["mcp"]
     ratio = mcp["runs_per_s"] / plain["runs_per_s"] if plain["runs_per_s"] else None
+    cpu_ratio = _cpu_total(mcp) / _cpu_total(plain) if _cpu_total(plain) else None
     rows = [
         _throughput_row("1 step: model", plain),
         _throughput_row("3 steps: model → MCP demo__add → model", mcp),
-        ["  3-step runs/s ÷ 1-step runs/s", "", "—" if ratio is None else f"{ratio:.2f}×"],
+        ["  3 steps ÷ 1 step", "", f"{_x(ratio)} runs/s, {_x(cpu_ratio)} CPU per run"],
     ]
     for name, b in (("1-step", plain), ("3-step", mcp)):
-        cpu = b["cpu_ms_per_run"]
-        names = ["worker", "api", "mcp", "postgres"]
-        shown = " / ".join(str(cpu.get(n, "—")) for n in names)
-        if "postgres_worker" in cpu:
-            shown += f" (the worker's statements {cpu['postgres_worker']})"
+        c = b["cpu_ms_per_run"]
+        shown = " / ".join(f"{c.get(n, 0):.2f}" for n in ("worker", "api", "mcp", "postgres"))
+        shown += f" (worker's pool {c.get('postgres_worker', 0):.2f})"
         rows.append([f"  {name} CPU ms per run", "worker / API / MCP server / Postgres", shown])
-        rows += _problems(name, b)
+        rows += _problems(name, b["all_rounds"])
     if r := section.get("resume"):
         rows += [
             ["tool-outputs→running, idle", f"{r['resumed']}/{r['runs']} sequential runs", f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms"],
@@ -288,26 +311,36 @@ def render(section: dict[str, Any]) -> str:
     head = (
         f"one worker process: {section.get('worker_command')} "
         f"(WORKER_MAX_JOBS={section.get('worker_max_jobs')}), the demo MCP server in its own "
-        "process; end to end = 32 clients submitting while the worker runs; runs' timestamps"
+        "process; end to end = 32 clients submitting while the worker runs; median of "
+        "alternating rounds; runs' timestamps"
     )
     return head + "\n" + table(["measure", "", "result"], rows, left=3)
 
 
 def _throughput_row(label: str, b: dict[str, Any]) -> list[Any]:
+    per_round = ", ".join(str(x) for x in b["rounds_runs_per_s"])
     return [
         label,
-        f"{b['finished']}/{b['runs']} runs in {b['span_s']} s",
+        f"{b['runs']} runs a round: {per_round} runs/s",
         f"{b['runs_per_s']} runs/s, {b['steps_per_s']} steps/s",
     ]
 
 
-def _problems(name: str, b: dict[str, Any]) -> list[list[Any]]:
-    """Runs that did not succeed, or whose MCP call failed, are shown, never hidden."""
+def _cpu_total(b: dict[str, Any]) -> float:
+    return sum(v for k, v in b["cpu_ms_per_run"].items() if k != "postgres_worker")
+
+
+def _x(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def _problems(name: str, rounds: dict[str, Any]) -> list[list[Any]]:
+    """Runs that did not succeed, or whose MCP call failed, in any round: shown, never hidden."""
     rows = []
-    if b["statuses"] != {"succeeded": b["runs"]}:
-        rows.append([f"  ! {name} statuses", "", _counts(b["statuses"])])
-    if b.get("tool_errors"):
-        rows.append([f"  ! {name} MCP calls that failed", "", str(b["tool_errors"])])
+    if rounds["statuses"] != {"succeeded": rounds["runs"]}:
+        rows.append([f"  ! {name} statuses", "", _counts(rounds["statuses"])])
+    if rounds["tool_errors"]:
+        rows.append([f"  ! {name} MCP calls that failed", "", str(rounds["tool_errors"])])
     return rows
 
 

@@ -26,7 +26,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import event, insert, text
+from sqlalchemy import insert, text
 
 from backend.webhooks import signing
 from backend.webhooks.models import WebhookEndpoint
@@ -102,7 +102,7 @@ async def run(h: Harness) -> dict[str, Any]:
     deliverer = _deliverer(h)
     api = await h.start_agentry("webhooks-api")
     runs = h.cfg.pipeline_runs
-    mine = await _own_backends(h)
+    mine = await cpu.own_backends(h.engine)
     async with h.engine.connect() as conn:
         backend = await conn.scalar(text("SELECT pg_backend_pid()"))
         database = await conn.scalar(text("SELECT current_database()"))
@@ -172,22 +172,6 @@ def _median(drains: list[dict[str, Any]]) -> dict[str, Any]:
         for k in drains[0]["cpu_ms_per_run"]
     }
     return out
-
-
-async def _own_backends(h: Harness) -> set[int]:
-    """The backend pids of the bench's own connections (its polling is not the servers'
-    work), kept up to date as its pool opens connections."""
-    pids: set[int] = set()
-
-    def connected(dbapi_connection: Any, record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("SELECT pg_backend_pid()")
-        pids.add(cursor.fetchone()[0])
-        cursor.close()
-
-    await h.engine.dispose()  # every connection from now on is seen opening
-    event.listen(h.engine.sync_engine, "connect", connected)
-    return pids
 
 
 def _deliverer(h: Harness) -> Proc:
