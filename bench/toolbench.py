@@ -5,10 +5,11 @@ process of its own (`python -m bench.serve mcp-demo <port>`), as a user's MCP se
 - throughput: `tool_runs` runs, one agent each, submitted by 32 clients while the worker runs
   (the pipeline section's end-to-end measure, bench/pipelinebench.py `_batch`), of a plain type
   (1 model step) and of a type whose script calls `demo__add` (3 steps: model → MCP tool →
-  model), in alternating rounds (3, or BENCH_ROUNDS), the median of each; runs/s and steps/s
-  from the first submission to the last finish, and the CPU each process group spent per run
-  over that span (bench/cpu.py; steadier than runs/s on a shared machine): the worker, the
-  API, the MCP server, Postgres (and its backends serving the worker's pool);
+  model), in alternating rounds (3, or BENCH_ROUNDS; each type first in every other round),
+  the median of each; runs/s and steps/s from the first submission to the last finish, and
+  the CPU each process group spent per run over that span (bench/cpu.py; steadier than
+  runs/s on a shared machine): the worker, the API, the MCP server, Postgres (and its
+  backends serving the worker's pool);
 - resume: `pickups` runs of a type whose script asks for a client tool, one at a time on an
   idle system: submit, wait for `requires_action`, then POST …/tool-outputs. Answer→running is
   the client tool step's `finished_at` (the API's clock when it took the answer, as a run's
@@ -114,7 +115,7 @@ async def _measure(
     client: uuid.UUID,
 ) -> dict[str, Any]:
     """Rounds of the two types' batches, alternating (this machine's other tenants come and
-    go); then the resumes."""
+    go), each type first in every other round; then the resumes."""
     mine = await cpu.own_backends(h.engine)
     async with h.engine.connect() as conn:
         backend = await conn.scalar(text("SELECT pg_backend_pid()"))
@@ -135,8 +136,10 @@ async def _measure(
             await pipe._warm_up(h, api, worker, type_id)
         pool |= await _worker_backends(h)
         batches: dict[str, list[dict[str, Any]]] = {kind: [] for kind in types}
-        for _ in range(max(h.cfg.rounds, ROUNDS)):
-            for kind, type_id in types.items():
+        for n in range(max(h.cfg.rounds, ROUNDS)):
+            # Each type first in turn: a batch costs more as the tables grow (scans, dead
+            # index entries), so neither type always gets the larger tables.
+            for kind, type_id in list(types.items())[:: -1 if n % 2 else 1]:
                 batches[kind].append(await _throughput(h, api, worker, meter, type_id))
         for kind, label in (("plain", "1 step"), ("mcp", "3 steps (model → MCP → model)")):
             out[kind] = _rounds(batches[kind])
