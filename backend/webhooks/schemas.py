@@ -14,7 +14,9 @@ EventName = Literal[
     "agent.status_changed", "run.status_changed", "run.requires_action", "budget.exhausted", "*"
 ]
 assert set(EventName.__args__) == {*SUBSCRIBABLE, "*"}  # type: ignore[attr-defined]
-WEBHOOK_URL_PATTERN = r"^https?://[^\s/?#]+[^\s]*$"
+# ASCII without controls or spaces: `\s` differs between regex engines (U+0085 is whitespace to
+# the API's, not to every client's), so the schema names the characters (IDNs: use punycode).
+WEBHOOK_URL_PATTERN = r"^https?://[^\x00-\x20\x7f-\uffff/?#]+[^\x00-\x20\x7f-\uffff]*$"
 Url = Annotated[str, StringConstraints(max_length=2000, pattern=WEBHOOK_URL_PATTERN)]
 Events = Annotated[list[EventName], Field(min_length=1, max_length=len(SUBSCRIBABLE) + 1)]
 Description = Annotated[str, StringConstraints(max_length=500)]
