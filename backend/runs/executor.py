@@ -110,7 +110,7 @@ def _claimed(row: Any) -> Claimed:
         models=[row["model"], *(row["fallback_models"] or [])],
         request=request,
         pricing=row["pricing"],
-        budget=None if row["cost_limit"] is None and row["token_limit"] is None else _budget(row),
+        budget=BudgetState.of(row),
         history=history,
         tools=list(row["tools"] or []),
         mcp_servers=list(row["mcp_servers"] or []),
@@ -119,11 +119,6 @@ def _claimed(row: Any) -> Claimed:
         action_timeout=float(row["action_timeout_seconds"]),
         steps=list(row["steps"] or []),
     )
-
-
-def _budget(row: Any) -> BudgetState:
-    names = ("cost_limit", "token_limit", "month_cost", "month_tokens", "cost_spent")
-    return BudgetState(**{name: row[name] for name in names}, tokens_spent=row["tokens_spent"])
 
 
 async def run_steps(w: WorkerState, state: Attempt) -> None:

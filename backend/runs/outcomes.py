@@ -44,10 +44,7 @@ async def checkpoint(w: WorkerState, state: Attempt) -> None:
         raise Taken
     state.committed += state.steps
     state.steps = []
-    if row.cost_limit is not None or row.token_limit is not None:
-        names = ("cost_limit", "token_limit", "month_cost", "month_tokens", "cost_spent")
-        values = {name: getattr(row, name) for name in (*names, "tokens_spent")}
-        state.budget = usage.BudgetState(**values)
+    state.budget = usage.BudgetState.of(row._row)
     if had_calls:
         state.events.add(streams.USAGE, streams.usage_data(row))
 

@@ -97,6 +97,13 @@ class BudgetState:
     def exhausted(self) -> bool:
         return self.cost_spent or self.tokens_spent
 
+    @classmethod
+    def of(cls, row: Any) -> BudgetState | None:
+        """From a row carrying `budget_sql`'s columns (a mapping); None without a budget."""
+        if row["cost_limit"] is None and row["token_limit"] is None:
+            return None
+        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+
 
 _BUDGET = text(f"SELECT * FROM {budget_sql(':project_id', 'CAST(:now AS timestamptz)')} b")
 
